@@ -1,0 +1,304 @@
+"""The shard contract between ``render/`` (writer) and ``train/`` (reader), schema version 1.
+
+A dataset version is a folder or URL prefix holding ``shard-000000.tar``, ``shard-000001.tar``,
+... Each published shard has a sidecar ``shard-000000.json`` (sha256, sample count, plan hash)
+and a build ends by writing ``index.json``.
+
+One sample is one material and V >= 2 views of it. Inside a tar, WebDataset groups files by
+the part of the base name before the first dot, so a sample is stored as::
+
+    oak-017__g0001.view0.jpg        rendered view 0 (sRGB; png / png16 / exr if the spec says)
+    oak-017__g0001.view0.mask.png   optional: 8-bit object alpha
+    oak-017__g0001.view0.matid.png  optional: 16-bit per-pixel material index
+    oak-017__g0001.view1.jpg
+    ...
+    oak-017__g0001.json             metadata (see ``validate_meta``)
+
+The key is ``<material_id>__g<NNNN>``: a material ID is a slug of lowercase letters, digits
+and single hyphens (no dots, no ``__``), and the group number tells apart several samples of
+one material. Trainers label samples by ``stable_label(material_id)`` so equal labels mean
+the same material on every rank and shard.
+
+This module imports only the standard library: a trainer machine never needs Blender.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from typing import Any
+
+SCHEMA_VERSION = 1
+SUPPORTED_SCHEMA_VERSIONS = (1,)
+
+MATERIAL_ID_RE = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
+KEY_RE = re.compile(r"^(?P<material_id>[a-z0-9]+(?:-[a-z0-9]+)*)__g(?P<group>\d{4,})$")
+MAX_ID_LENGTH = 120
+
+# Image format name in the spec -> file extension of the view members.
+IMAGE_FORMATS = {"jpg": "jpg", "png": "png", "png16": "png", "exr": "exr"}
+META_MEMBER = "json"
+INDEX_NAME = "index.json"
+FAILURES_NAME = "failures.jsonl"
+VIEW_TRANSFORMS = ("Standard", "AgX")
+
+SAMPLE_META_FIELDS = {
+    "schema_version": int,
+    "key": str,
+    "material": dict,
+    "views": list,
+    "blender_version": str,
+    "catalog_snapshot": dict,
+    "plan_hash": str,
+}
+MATERIAL_FIELDS = {"id": str, "category": str, "source": str, "params": dict}
+VIEW_FIELDS = {
+    "mesh_id": str,
+    "light_id": str,
+    "light_rotation": (int, float),
+    "light_strength": (int, float),
+    "camera": dict,
+    "seed": int,
+    "samples": int,
+    "view_transform": str,
+    "render_time_s": (int, float),
+}
+INDEX_FIELDS = {
+    "schema_version": int,
+    "dataset": str,
+    "version": str,
+    "complete": bool,
+    "views_per_sample": int,
+    "image_format": str,
+    "spec_hash": str,
+    "catalog_hashes": dict,
+    "shards": list,
+    "failures": list,
+    "materials": list,
+    "categories": list,
+    "licences": dict,
+}
+SHARD_FIELDS = {"name": str, "samples": int, "bytes": int, "sha256": str, "plan_hash": str}
+
+
+class SchemaError(ValueError):
+    """A sample, key, metadata record or index that breaks the shard contract."""
+
+
+# ----------------------------------------------------------------------------- names
+
+
+def validate_material_id(material_id: object) -> str:
+    """Return ``material_id`` if it is a valid slug, else raise ``SchemaError`` saying why."""
+    if not isinstance(material_id, str):
+        raise SchemaError(f"material id must be a string, got {type(material_id).__name__}")
+    if "." in material_id:
+        raise SchemaError(
+            f"material id {material_id!r} contains a dot: WebDataset cuts sample keys at the "
+            "first dot, so dots are not allowed (use hyphens)"
+        )
+    if "__" in material_id:
+        raise SchemaError(f"material id {material_id!r} contains '__', which separates the group")
+    if len(material_id) > MAX_ID_LENGTH:
+        raise SchemaError(f"material id {material_id!r} is longer than {MAX_ID_LENGTH} characters")
+    if not MATERIAL_ID_RE.match(material_id):
+        raise SchemaError(
+            f"material id {material_id!r} is not a slug: use lowercase letters, digits and "
+            "single hyphens, not at the start or end"
+        )
+    return material_id
+
+
+def slugify(text: str) -> str:
+    """Turn free text (a file or folder name) into a valid material/mesh/light ID."""
+    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    if not slug:
+        raise SchemaError(f"cannot make an ID from {text!r}: no letters or digits")
+    return validate_material_id(slug[:MAX_ID_LENGTH].rstrip("-"))
+
+
+def make_key(material_id: str, group: int) -> str:
+    """``make_key('oak-017', 1) == 'oak-017__g0001'``."""
+    validate_material_id(material_id)
+    if not isinstance(group, int) or group < 0:
+        raise SchemaError(f"group must be a non-negative integer, got {group!r}")
+    return f"{material_id}__g{group:04d}"
+
+
+def parse_key(key: str) -> tuple[str, int]:
+    """Inverse of ``make_key``; raises ``SchemaError`` naming the bad key."""
+    if not isinstance(key, str):
+        raise SchemaError(f"sample key must be a string, got {type(key).__name__}")
+    if "." in key:
+        raise SchemaError(f"sample key {key!r} contains a dot (WebDataset would split it)")
+    match = KEY_RE.match(key)
+    if not match:
+        raise SchemaError(f"sample key {key!r} is not '<material_id>__g<NNNN>'")
+    return match["material_id"], int(match["group"])
+
+
+def view_member(index: int, image_format: str = "jpg") -> str:
+    """Member name (the part after the key) of view ``index``: ``view0.jpg``."""
+    if image_format not in IMAGE_FORMATS:
+        raise SchemaError(f"image format {image_format!r} is not one of {sorted(IMAGE_FORMATS)}")
+    return f"view{index}.{IMAGE_FORMATS[image_format]}"
+
+
+def mask_member(index: int) -> str:
+    return f"view{index}.mask.png"
+
+
+def matid_member(index: int) -> str:
+    return f"view{index}.matid.png"
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:06d}.tar"
+
+
+def sidecar_name(shard: str) -> str:
+    """``shard-000003.tar`` -> ``shard-000003.json``."""
+    if not shard.endswith(".tar"):
+        raise SchemaError(f"shard name {shard!r} does not end in .tar")
+    return shard[: -len(".tar")] + ".json"
+
+
+def stable_label(material_id: str) -> int:
+    """A signed 64-bit label that is the same for a material on every machine and run."""
+    digest = hashlib.blake2b(material_id.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "little", signed=True)
+
+
+def canonical_json(obj: Any) -> str:
+    """JSON with sorted keys and no spaces: the text that hashes are taken over."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def hash_obj(obj: Any, length: int = 16) -> str:
+    """A short, stable hex digest of a JSON-serialisable object."""
+    return hashlib.sha256(canonical_json(obj).encode("utf-8")).hexdigest()[:length]
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _check_fields(record: Mapping, fields: Mapping[str, Any], where: str) -> None:
+    if not isinstance(record, Mapping):
+        raise SchemaError(f"{where} must be a JSON object, got {type(record).__name__}")
+    for name, kind in fields.items():
+        if name not in record:
+            raise SchemaError(f"{where} is missing the field {name!r}")
+        value = record[name]
+        # bool is a subclass of int: never accept it where a number is meant.
+        if isinstance(value, bool) and kind is not bool:
+            raise SchemaError(f"{where}.{name} must be {_kind_name(kind)}, got a boolean")
+        if not isinstance(value, kind):
+            raise SchemaError(
+                f"{where}.{name} must be {_kind_name(kind)}, got {type(value).__name__}"
+            )
+
+
+def _kind_name(kind: Any) -> str:
+    if isinstance(kind, tuple):
+        return " or ".join(k.__name__ for k in kind)
+    return kind.__name__
+
+
+def check_schema_version(version: object, where: str) -> None:
+    if version not in SUPPORTED_SCHEMA_VERSIONS:
+        raise SchemaError(
+            f"{where} has schema_version {version!r}; this phieat reads "
+            f"{list(SUPPORTED_SCHEMA_VERSIONS)}. Upgrade phieat or re-render the dataset."
+        )
+
+
+def validate_meta(meta: Mapping, key: str | None = None) -> Mapping:
+    """Validate one sample's metadata record (the ``json`` member)."""
+    where = f"sample {key or meta.get('key', '?')!s} json"
+    if not isinstance(meta, Mapping):
+        raise SchemaError(f"{where} must be a JSON object")
+    check_schema_version(meta.get("schema_version"), where)
+    _check_fields(meta, SAMPLE_META_FIELDS, where)
+    material_id, _ = parse_key(meta["key"])
+    if key is not None and meta["key"] != key:
+        raise SchemaError(f"{where}: key field {meta['key']!r} does not match the tar key {key!r}")
+    _check_fields(meta["material"], MATERIAL_FIELDS, f"{where}.material")
+    if meta["material"]["id"] != material_id:
+        raise SchemaError(
+            f"{where}: material.id {meta['material']['id']!r} does not match the key's "
+            f"material {material_id!r}"
+        )
+    views = meta["views"]
+    if len(views) < 2:
+        raise SchemaError(f"{where}: needs at least 2 views, has {len(views)}")
+    for i, view in enumerate(views):
+        _check_fields(view, VIEW_FIELDS, f"{where}.views[{i}]")
+        if view["view_transform"] not in VIEW_TRANSFORMS:
+            raise SchemaError(
+                f"{where}.views[{i}].view_transform {view['view_transform']!r} is not one of "
+                f"{list(VIEW_TRANSFORMS)}"
+            )
+    return meta
+
+
+def validate_sample(sample: Mapping[str, Any], image_format: str | None = None) -> Mapping:
+    """Validate a sample as WebDataset yields it: ``__key__`` plus member name -> value.
+
+    The ``json`` member may be raw bytes, text or an already decoded dict. View members must
+    all be present for every view the metadata lists; ``image_format`` (if given) fixes the
+    extension they must have.
+    """
+    if "__key__" not in sample:
+        raise SchemaError("sample has no __key__")
+    key = sample["__key__"]
+    parse_key(key)
+    if META_MEMBER not in sample:
+        raise SchemaError(f"sample {key}: missing member {META_MEMBER!r} (the metadata)")
+    meta = sample[META_MEMBER]
+    if isinstance(meta, (bytes, bytearray)):
+        meta = meta.decode("utf-8")
+    if isinstance(meta, str):
+        try:
+            meta = json.loads(meta)
+        except json.JSONDecodeError as exc:
+            raise SchemaError(f"sample {key}: json member is not valid JSON ({exc})") from exc
+    validate_meta(meta, key)
+    extensions = [IMAGE_FORMATS[image_format]] if image_format else sorted(set(IMAGE_FORMATS.values()))
+    for i in range(len(meta["views"])):
+        if not any(f"view{i}.{ext}" in sample for ext in extensions):
+            raise SchemaError(
+                f"sample {key}: missing member view{i}.{extensions[0]} "
+                f"(metadata lists {len(meta['views'])} views)"
+            )
+    known = {META_MEMBER}
+    for i in range(len(meta["views"])):
+        known |= {f"view{i}.{ext}" for ext in extensions} | {mask_member(i), matid_member(i)}
+    extra = sorted(name for name in sample if not name.startswith("__") and name not in known)
+    if extra:
+        raise SchemaError(f"sample {key}: unexpected members {extra}")
+    return meta
+
+
+def validate_index(index: Mapping, where: str = INDEX_NAME) -> Mapping:
+    """Validate the ``index.json`` of a dataset version."""
+    if not isinstance(index, Mapping):
+        raise SchemaError(f"{where} must be a JSON object")
+    check_schema_version(index.get("schema_version"), where)
+    _check_fields(index, INDEX_FIELDS, where)
+    if index["views_per_sample"] < 2:
+        raise SchemaError(f"{where}.views_per_sample must be >= 2")
+    if index["image_format"] not in IMAGE_FORMATS:
+        raise SchemaError(
+            f"{where}.image_format {index['image_format']!r} is not one of {sorted(IMAGE_FORMATS)}"
+        )
+    seen = set()
+    for i, shard in enumerate(index["shards"]):
+        _check_fields(shard, SHARD_FIELDS, f"{where}.shards[{i}]")
+        if shard["name"] in seen:
+            raise SchemaError(f"{where}.shards[{i}]: shard {shard['name']!r} listed twice")
+        seen.add(shard["name"])
+    for material_id in index["materials"]:
+        validate_material_id(material_id)
+    return index
