@@ -4,7 +4,7 @@
   RGB colour histogram, a magnitude-weighted gradient-orientation histogram with the mean
   gradient magnitude, and a histogram of uniform local binary patterns (LBP). It shows the
   "colour association" failure mode: two materials of one colour look alike to it.
-* A random-init ViT (``train.eval.features.random_vit``): the untrained floor.
+* A random-init ViT (``train.eval.features.random_backbone``): the untrained floor.
 * Any backbone checkpoint (``train.eval.features.load_checkpoint``), zero-shot.
 
 Example::

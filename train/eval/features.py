@@ -6,11 +6,9 @@ An *extractor* is any callable ``(images, masks) -> Features`` with
 * ``masks``: ``(B, H, W)`` bool object masks, or ``None`` (extractors may ignore them);
 * ``Features.cls``: ``(B, D)`` float32, ``Features.patches``: ``(B, h, w, Dp)`` float32.
 
-``extract_all`` runs one over a whole dataset in batches. ``ViTExtractor`` wraps any torch
-ViT whose ``forward_features`` returns ``(B, prefix + h*w, D)`` tokens (timm's ViTs, the
-trainer's backbones); ``load_model`` turns a ``--model`` spec of ``phieat-eval`` into an
-extractor: ``pixel-stats``, ``random[:ARCH]`` or a checkpoint path read by the trainer's
-``train.models.load_backbone_for_eval``.
+``extract_all`` runs one over a whole dataset in batches. ``BackboneExtractor`` wraps the
+trainer's backbone (``train.models.load_backbone_for_eval`` / ``extract``); ``load_model``
+turns a ``--model`` spec of ``phieat-eval`` into an extractor (see ``SPEC_HELP``).
 """
 
 from __future__ import annotations
@@ -56,141 +54,121 @@ def extract_all(
     return Features(np.concatenate(cls), np.concatenate(patches))
 
 
-class ViTExtractor:
-    """CLS and patch tokens of a ViT backbone (``forward_features`` -> token sequence).
+class BackboneExtractor:
+    """CLS and patch features of a trainer ``Backbone`` through ``train.models.extract``.
 
-    Images are resized to ``image_size`` (a multiple of the patch size), scaled to [0, 1]
-    and normalised with ``mean``/``std``. The first ``num_prefix_tokens`` tokens are the CLS
-    (index 0) and registers; the rest form the ``(h, w)`` patch grid.
+    Images are scaled to [0, 1] and resized (bilinear, antialiased) to ``image_size``
+    rounded down to a multiple of the patch size; ``info`` is what
+    ``load_backbone_for_eval`` returned (or a similar dict) and ends up in the report.
     """
 
-    def __init__(
-        self,
-        model: torch.nn.Module,
-        image_size: int,
-        patch_size: int,
-        num_prefix_tokens: int = 1,
-        mean: tuple[float, float, float] = (0.485, 0.456, 0.406),
-        std: tuple[float, float, float] = (0.229, 0.224, 0.225),
-        device: str = "cpu",
-    ) -> None:
-        if image_size % patch_size:
-            raise ValueError(f"image_size {image_size} is not a multiple of patch {patch_size}")
-        self.model = model.eval().to(device)
-        self.image_size = image_size
-        self.patch_size = patch_size
-        self.num_prefix_tokens = num_prefix_tokens
-        self.device = device
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    def __init__(self, backbone: torch.nn.Module, info: dict, image_size: int) -> None:
+        self.backbone = backbone.eval()
+        self.info = dict(info)
+        patch = int(info.get("patch_size") or backbone.patch_size)
+        self.image_size = max(patch, image_size - image_size % patch)
+        self.info["eval_image_size"] = self.image_size
 
     @torch.no_grad()
     def __call__(self, images: np.ndarray, masks: np.ndarray | None = None) -> Features:
+        from train.models import extract
+
         x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0
         if x.shape[-2:] != (self.image_size, self.image_size):
             x = F.interpolate(
                 x, size=(self.image_size, self.image_size), mode="bilinear", antialias=True
             )
-        x = ((x - self.mean) / self.std).to(self.device)
-        tokens = self.model.forward_features(x)
-        if isinstance(tokens, dict):  # dinov2-style backbones return named token groups
-            cls = tokens["x_norm_clstoken"]
-            patch = tokens["x_norm_patchtokens"]
-        else:
-            cls = tokens[:, 0]
-            patch = tokens[:, self.num_prefix_tokens :]
-        side = self.image_size // self.patch_size
-        if patch.shape[1] != side * side:
-            raise ValueError(
-                f"backbone returned {patch.shape[1]} patch tokens, expected {side}x{side} for "
-                f"{self.image_size}px images with patch {self.patch_size}: check "
-                "num_prefix_tokens (registers) and the patch size"
-            )
-        patch = patch.reshape(patch.shape[0], side, side, -1)
-        return Features(cls.float().cpu().numpy(), patch.float().cpu().numpy())
+        out = extract(self.backbone, x)
+        return Features(out["cls"].cpu().numpy(), out["patches"].cpu().numpy())
 
 
 DEFAULT_RANDOM_ARCH = "vit_tiny_patch16_224"
+SPEC_HELP = """\
+pixel-stats[:PATCH]     hand-crafted colour + texture histograms (PATCH px patches, default
+                        image size / 8)
+random[:ARCH]           random-init ViT (timm ARCH, default vit_tiny_patch16_224 at patch 8)
+random-like:CKPT        the architecture of CKPT, randomly re-initialised
+pretrained:ARCH:FILE    a local DINOv2 / DINOv3 / timm backbone file, zero-shot
+CKPT                    a phieat export, training checkpoint or training out_dir (path/URL)"""
 
 
-def random_vit(
+def random_backbone(
     arch: str = DEFAULT_RANDOM_ARCH, image_size: int = 64, patch_size: int = 8, seed: int = 0
-) -> ViTExtractor:
-    """A randomly initialised timm ViT (the untrained floor), seeded, no downloads."""
-    import timm
+) -> BackboneExtractor:
+    """A randomly initialised backbone (the untrained floor), seeded, no downloads.
+
+    ``patch_size`` 0 keeps the architecture's own patch size.
+    """
+    from train.models import build_backbone, model_kwargs
 
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        model = timm.create_model(
-            arch,
-            pretrained=False,
-            num_classes=0,
-            img_size=image_size,
-            patch_size=patch_size,
-            dynamic_img_size=True,
-        )
-    return ViTExtractor(
-        model,
-        image_size=image_size,
-        patch_size=patch_size,
-        num_prefix_tokens=int(getattr(model, "num_prefix_tokens", 1)),
-    )
+        backbone = build_backbone(model_kwargs(arch, img_size=image_size, patch_size=patch_size))
+    info = {"arch": arch, "patch_size": backbone.patch_size, "init": "random", "seed": seed}
+    return BackboneExtractor(backbone, info, image_size)
+
+
+def random_like(source: str, image_size: int, seed: int = 0) -> BackboneExtractor:
+    """The architecture of a trained backbone with fresh random weights."""
+    from train.models import load_backbone_for_eval
+
+    backbone, info = load_backbone_for_eval(source)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        vit = backbone.vit
+        if hasattr(vit, "init_weights"):
+            vit.init_weights()
+        else:
+            for module in vit.modules():
+                if hasattr(module, "reset_parameters"):
+                    module.reset_parameters()
+    info = {**info, "init": "random", "seed": seed, "config": None}
+    return BackboneExtractor(backbone, info, image_size)
+
+
+def pretrained(arch: str, path: str, image_size: int) -> BackboneExtractor:
+    """A local DINOv2 / DINOv3 / timm backbone file loaded into the trainer's backbone."""
+    from train.models import build_backbone, model_kwargs
+    from train.models.pretrained import load_pretrained_backbone
+
+    if "://" not in path and not Path(path).exists():
+        raise FileNotFoundError(f"--model pretrained file {path!r} does not exist")
+    backbone = build_backbone(model_kwargs(arch, img_size=image_size))
+    report = load_pretrained_backbone(backbone, path)
+    info = {"arch": arch, "patch_size": backbone.patch_size, "source": path, "load": report}
+    return BackboneExtractor(backbone, info, image_size)
 
 
 def load_model(spec: str, image_size: int, device: str = "cpu", seed: int = 0) -> Extractor:
-    """Turn a ``--model`` value (after ``NAME=``) into an extractor.
-
-    * ``pixel-stats`` (or ``pixel-stats:PATCH``): the hand-crafted colour/texture baseline;
-    * ``random`` or ``random:ARCH``: a random-init timm ViT (default
-      ``vit_tiny_patch16_224`` with patch 8) at the eval image size;
-    * anything else: a checkpoint path or URL loaded with the trainer's
-      ``train.models.load_backbone_for_eval``.
-    """
+    """Turn a ``--model`` value (after ``NAME=``) into an extractor; see ``SPEC_HELP``."""
     from train.eval import baselines
 
-    if spec == "pixel-stats" or spec.startswith("pixel-stats:"):
-        patch = int(spec.split(":", 1)[1]) if ":" in spec else 8
+    kind, _, rest = spec.partition(":")
+    if kind == "pixel-stats":
+        patch = int(rest) if rest else max(1, image_size // 8)
         return baselines.PixelStats(patch_size=patch)
-    if spec == "random" or spec.startswith("random:"):
-        arch = spec.split(":", 1)[1] if ":" in spec else DEFAULT_RANDOM_ARCH
-        return random_vit(arch, image_size=image_size, patch_size=8, seed=seed)
+    if kind == "random":
+        # The default tiny ViT gets patch 8 so a 64 px image still has an 8 x 8 grid.
+        return random_backbone(
+            rest or DEFAULT_RANDOM_ARCH, image_size, patch_size=0 if rest else 8, seed=seed
+        )
+    if kind == "random-like":
+        if not rest:
+            raise ValueError("--model NAME=random-like:CKPT needs a checkpoint after the colon")
+        return random_like(rest, image_size=image_size, seed=seed)
+    if kind == "pretrained":
+        arch, _, path = rest.partition(":")
+        if not arch or not path:
+            raise ValueError(f"--model NAME=pretrained:ARCH:FILE, got {spec!r}")
+        return pretrained(arch, path, image_size=image_size)
     return load_checkpoint(spec, image_size=image_size, device=device)
 
 
-def load_checkpoint(path: str, image_size: int, device: str = "cpu") -> Extractor:
-    """A trained backbone from a trainer checkpoint or an exported backbone file."""
-    try:
-        import train.models as models
-    except ImportError as exc:
-        raise RuntimeError(
-            f"cannot load checkpoint {path!r}: the trainer package train.models is not "
-            f"importable ({exc})"
-        ) from exc
-    if not hasattr(models, "load_backbone_for_eval"):
-        raise RuntimeError(
-            "train.models has no load_backbone_for_eval(path): this trainer version cannot "
-            f"load checkpoint {path!r} for evaluation"
-        )
+def load_checkpoint(path: str, image_size: int, device: str = "cpu") -> BackboneExtractor:
+    """A trained backbone from a phieat export, checkpoint or out_dir."""
+    from train.models import load_backbone_for_eval
+
     if "://" not in path and not Path(path).exists():
         raise FileNotFoundError(f"--model checkpoint {path!r} does not exist")
-    backbone = models.load_backbone_for_eval(path)
-    return _wrap_backbone(backbone, image_size=image_size, device=device)
-
-
-def _wrap_backbone(backbone: object, image_size: int, device: str) -> Extractor:
-    """Adapt what the trainer returns to an extractor (see ``load_checkpoint``)."""
-    if isinstance(backbone, torch.nn.Module):
-        patch = getattr(getattr(backbone, "patch_embed", None), "patch_size", 16)
-        patch = patch[0] if isinstance(patch, tuple) else int(patch)
-        size = image_size - image_size % patch
-        return ViTExtractor(
-            backbone,
-            image_size=size,
-            patch_size=patch,
-            num_prefix_tokens=int(getattr(backbone, "num_prefix_tokens", 1)),
-            device=device,
-        )
-    raise TypeError(
-        f"train.models.load_backbone_for_eval returned {type(backbone).__name__}, "
-        "expected a torch.nn.Module with forward_features"
-    )
+    backbone, info = load_backbone_for_eval(path, device=device)
+    return BackboneExtractor(backbone, info, image_size)

@@ -7,7 +7,7 @@ import pytest
 
 from train.eval import metrics as M
 from train.eval.baselines import PixelStats
-from train.eval.features import extract_all, load_model, random_vit
+from train.eval.features import extract_all, load_model, random_backbone
 
 
 def _flat(colour, size: int = 32) -> np.ndarray:
@@ -67,11 +67,11 @@ def test_pixel_stats_patches_select_a_region():
     assert res["iou"] == pytest.approx(1.0)
 
 
-def test_random_vit_is_seeded_and_shaped():
+def test_random_backbone_is_seeded_and_shaped():
     images = np.random.default_rng(2).integers(0, 256, (3, 48, 48, 3), dtype=np.uint8)
-    a = extract_all(random_vit(image_size=32, patch_size=8, seed=3), images, batch_size=2)
-    b = random_vit(image_size=32, patch_size=8, seed=3)(images)
-    c = random_vit(image_size=32, patch_size=8, seed=4)(images)
+    a = extract_all(random_backbone(image_size=32, patch_size=8, seed=3), images, batch_size=2)
+    b = random_backbone(image_size=32, patch_size=8, seed=3)(images)
+    c = random_backbone(image_size=32, patch_size=8, seed=4)(images)
     assert a.cls.shape == (3, 192) and a.patches.shape == (3, 4, 4, 192)
     assert np.allclose(a.cls, b.cls, atol=1e-5) and not np.allclose(a.cls, c.cls, atol=1e-3)
 
@@ -81,5 +81,9 @@ def test_load_model_specs():
     assert load_model("pixel-stats:4", image_size=32).patch_size == 4
     rnd = load_model("random", image_size=32)
     assert rnd(np.zeros((1, 32, 32, 3), np.uint8)).patches.shape[1:3] == (4, 4)
-    with pytest.raises((FileNotFoundError, RuntimeError), match="no-such.pt"):
+    with pytest.raises(FileNotFoundError, match="no-such.pt"):
         load_model("/nonexistent/no-such.pt", image_size=32)
+    with pytest.raises(ValueError, match="random-like:CKPT"):
+        load_model("random-like:", image_size=32)
+    with pytest.raises(ValueError, match="pretrained:ARCH:FILE"):
+        load_model("pretrained:vit_tiny_patch16_224", image_size=32)
