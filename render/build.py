@@ -1,0 +1,589 @@
+"""Build a dataset version: plan, skip what is published, render the rest, index it.
+
+``build(spec)`` is what ``phieat-render build SPEC`` runs:
+
+1. load the catalogs and start the renderer pool (Ray actors by default, or this process
+   with ``local=True``); ask it for the Blender version;
+2. the dataset version folder is ``<output>/v-<hash>`` where the hash covers the render
+   settings, seed and Blender version, so a change there never mixes old and new samples;
+3. take the version's lock (one build at a time), load the stored plan generations and add
+   one for catalog entries that are new;
+4. skip every shard whose sidecar is valid (plan hash equal, size and sha256 of the tar
+   match), render the others through the pool, each published atomically with its sidecar;
+5. write ``failures.jsonl`` (material, reason, attempts), a new ``index.json`` (older ones
+   stay under ``indexes/``) and ``<output>/latest.json``; return a non-zero exit code when a
+   shard is missing or failures exceed ``[build].max_failure_fraction``.
+
+    from render.build import build
+    from render.spec import load_spec
+    result = build(load_spec("manifests/tiny.toml"), local=True)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from phieat.schema import (
+    FAILURES_NAME,
+    INDEX_NAME,
+    SCHEMA_VERSION,
+    canonical_json,
+    sidecar_name,
+    validate_index,
+)
+from render import storage
+from render.plan import (
+    SNAPSHOT_DIR,
+    Plan,
+    ShardPlan,
+    blender_version_tag,
+    dataset_version,
+    load_catalogs,
+    make_plan,
+    snapshot_name,
+)
+from render.spec import Spec
+from render.writer import Session, file_sha256, render_shard
+
+logger = logging.getLogger("phieat.render")
+
+LOCK_NAME = "build.lock"
+LATEST_NAME = "latest.json"
+INDEX_DIR = "indexes"
+
+SessionFactory = Callable[..., Session]
+
+
+def blender_session_factory(threads: int = 1, device: str = "CPU", quiet: bool = True) -> Session:
+    """Open a real Blender session (imports bpy: call it only inside a worker process)."""
+    from render.blender.session import BlenderSession
+
+    return BlenderSession(threads=threads, device=device, quiet=quiet)
+
+
+@dataclass
+class ShardOutcome:
+    """What became of one shard task: its sidecar, or the error after the last attempt."""
+
+    name: str
+    sidecar: dict | None
+    error: str | None = None
+    attempts: int = 1
+    worker: str = ""
+
+
+class Pool(Protocol):
+    """A renderer pool: ``render.pool.RenderPool`` (Ray) or ``LocalPool`` (this process)."""
+
+    @property
+    def blender_version(self) -> str: ...
+
+    def check_output(self, url: str) -> None: ...
+
+    def run(
+        self, shards: list[dict], version_url: str, max_retries: int
+    ) -> Iterator[ShardOutcome]: ...
+
+    def close(self) -> None: ...
+
+
+class LocalPool:
+    """Render shards one after another in this process (``--local``; debugging, tiny sets).
+
+    Counts attempts like the Ray pool: an exception other than a material failure costs the
+    shard one attempt and a fresh session; after ``shard_attempts`` the shard is reported
+    failed. The session is recycled after ``recycle_after_shards`` shards.
+    """
+
+    def __init__(
+        self,
+        session_factory: SessionFactory = blender_session_factory,
+        threads: int = 1,
+        quiet: bool = True,
+        shard_attempts: int = 3,
+        recycle_after_shards: int = 0,
+        max_rss_mb: float = 0.0,
+    ) -> None:
+        self.factory = session_factory
+        self.threads = threads
+        self.quiet = quiet
+        self.shard_attempts = shard_attempts
+        self.recycle_after_shards = recycle_after_shards
+        self.max_rss_mb = max_rss_mb
+        self._session: Session | None = None
+        self._shards_done = 0
+
+    def _get(self) -> Session:
+        if self._session is None:
+            self._session = self.factory(threads=self.threads, device="CPU", quiet=self.quiet)
+            self._shards_done = 0
+        return self._session
+
+    @property
+    def blender_version(self) -> str:
+        return self._get().blender_version
+
+    def check_output(self, url: str) -> None:
+        storage.url_to_fs(url)
+
+    def run(self, shards: list[dict], version_url: str, max_retries: int) -> Iterator[ShardOutcome]:
+        for shard in shards:
+            for attempt in range(1, self.shard_attempts + 1):
+                try:
+                    sidecar = render_shard(self._get(), shard, version_url, max_retries=max_retries)
+                except Exception as exc:  # noqa: BLE001 - any crash costs one attempt
+                    error = f"{type(exc).__name__}: {exc}"
+                    logger.warning("%s attempt %d failed: %s", shard["name"], attempt, error)
+                    self._session = None
+                    if attempt == self.shard_attempts:
+                        yield ShardOutcome(
+                            shard["name"], None, error, attempt, f"pid {os.getpid()}"
+                        )
+                    continue
+                self._shards_done += 1
+                yield ShardOutcome(shard["name"], sidecar, None, attempt, f"pid {os.getpid()}")
+                rss = self._session.rss_mb() if self._session else 0.0
+                if (
+                    self.recycle_after_shards and self._shards_done >= self.recycle_after_shards
+                ) or (self.max_rss_mb and rss > self.max_rss_mb):
+                    logger.info(
+                        "recycling the local session after %d shards (%.0f MB)",
+                        self._shards_done,
+                        rss,
+                    )
+                    self._session = None
+                break
+
+    def close(self) -> None:
+        self._session = None
+
+
+def make_pool(
+    spec: Spec,
+    *,
+    local: bool = False,
+    session_factory: SessionFactory | None = None,
+    verbose: bool = False,
+    address: str | None = None,
+) -> Pool:
+    """The pool a build uses: ``LocalPool`` if ``local``, else a Ray ``RenderPool``."""
+    b = spec.build
+    session_factory = session_factory or blender_session_factory
+    if local:
+        return LocalPool(
+            session_factory,
+            threads=b.threads_per_worker,
+            quiet=not verbose,
+            shard_attempts=b.shard_attempts,
+            recycle_after_shards=b.recycle_after_shards,
+            max_rss_mb=b.max_worker_rss_mb,
+        )
+    from render.pool import RenderPool
+
+    return RenderPool(
+        session_factory=session_factory,
+        workers=b.workers,
+        threads_per_worker=b.threads_per_worker,
+        gpus_per_worker=b.gpus_per_worker,
+        shard_attempts=b.shard_attempts,
+        recycle_after_shards=b.recycle_after_shards,
+        max_worker_rss_mb=b.max_worker_rss_mb,
+        shard_timeout_s=b.shard_timeout_s,
+        quiet=not verbose,
+        address=address,
+    )
+
+
+# ----------------------------------------------------------------------------- state
+
+
+def load_snapshots(version_url: str) -> list[dict]:
+    """The stored plan generations of a dataset version, in order."""
+    folder = storage.join(version_url, SNAPSHOT_DIR)
+    names = [n for n in storage.list_names(folder) if n.startswith("gen-") and n.endswith(".json")]
+    return [storage.read_json(storage.join(folder, n)) for n in sorted(names)]
+
+
+def published_sidecar(
+    version_url: str, shard: ShardPlan, deep: bool = True
+) -> tuple[dict | None, str]:
+    """The shard's sidecar if the shard is published and current, else ``(None, why)``."""
+    tar_url = storage.join(version_url, shard.name)
+    side_url = storage.join(version_url, sidecar_name(shard.name))
+    if not storage.exists(side_url):
+        return None, "missing"
+    try:
+        sidecar = storage.read_json(side_url)
+    except storage.StorageError as exc:
+        return None, f"unreadable sidecar ({exc})"
+    if sidecar.get("plan_hash") != shard.plan_hash:
+        return None, "stale (plan hash changed)"
+    if not storage.exists(tar_url):
+        return None, "missing tar"
+    if storage.size(tar_url) != sidecar.get("bytes"):
+        return None, "corrupt (size differs from sidecar)"
+    if deep and file_sha256(tar_url) != sidecar.get("sha256"):
+        return None, "corrupt (checksum differs from sidecar)"
+    return sidecar, "ok"
+
+
+@dataclass
+class BuildResult:
+    """What a build did; ``exit_code`` is what the CLI returns."""
+
+    output: str
+    version: str
+    version_url: str
+    index_url: str
+    planned: list[str] = field(default_factory=list)
+    rendered: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed_shards: list[str] = field(default_factory=list)
+    failures: list[dict] = field(default_factory=list)
+    samples: int = 0
+    planned_samples: int = 0
+    images_rendered: int = 0
+    seconds: float = 0.0
+    complete: bool = False
+    exit_code: int = 0
+    reasons: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        rate = self.images_rendered / self.seconds if self.seconds > 0 else 0.0
+        lines = [
+            f"dataset  {self.version_url}",
+            f"shards   {len(self.planned)} planned, {len(self.rendered)} rendered, "
+            f"{len(self.skipped)} already published, {len(self.failed_shards)} failed",
+            f"samples  {self.samples} of {self.planned_samples} planned "
+            f"({len(self.failures)} failed materials/samples)",
+            f"images   {self.images_rendered} rendered in {self.seconds:.1f} s ({rate:.2f} images/s)",
+            f"index    {self.index_url} (complete: {str(self.complete).lower()})",
+        ]
+        if self.failures:
+            lines.append(f"failures {storage.join(self.version_url, FAILURES_NAME)}")
+            for record in self.failures[:5]:
+                lines.append(f"  {record['key']}: {record['reason']}")
+            if len(self.failures) > 5:
+                lines.append(f"  ... {len(self.failures) - 5} more")
+        lines += [f"FAILED: {reason}" for reason in self.reasons]
+        return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- build
+
+
+class _Progress:
+    """tqdm bar over images with shards and failures in the postfix (or nothing)."""
+
+    def __init__(self, enabled: bool, images: int, shards: int) -> None:
+        self.bar = None
+        self.shards_total = shards
+        self.shards_done = 0
+        self.failures = 0
+        if enabled and images:
+            from tqdm import tqdm
+
+            self.bar = tqdm(
+                total=images, unit="img", desc="render", file=sys.stderr, dynamic_ncols=True
+            )
+            self._postfix()
+
+    def _postfix(self) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(
+                f"shards {self.shards_done}/{self.shards_total} failures {self.failures}"
+            )
+
+    def update(self, images: int, failures: int) -> None:
+        self.shards_done += 1
+        self.failures += failures
+        if self.bar is not None:
+            self.bar.update(images)
+            self._postfix()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _shard_failures(shard: ShardPlan, error: str, attempts: int) -> list[dict]:
+    return [
+        {
+            "key": s["key"],
+            "material_id": s["material"]["id"],
+            "view": None,
+            "attempts": attempts,
+            "reason": f"shard failed after {attempts} attempts: {error}",
+            "shard": shard.name,
+        }
+        for s in shard.samples
+    ]
+
+
+def write_index(
+    spec: Spec,
+    plan: Plan,
+    version: str,
+    version_url: str,
+    sidecars: dict[str, dict],
+    failures: list[dict],
+    catalog_hashes: dict[str, str],
+    blender_version: str,
+) -> tuple[dict, str]:
+    """Write ``index.json`` (and a kept copy under ``indexes/``); returns it and its URL."""
+    shards = []
+    materials: dict[str, dict] = {}
+    for shard in plan.shards:
+        sidecar = sidecars.get(shard.name)
+        if sidecar is None:
+            continue
+        shards.append(
+            {
+                "name": shard.name,
+                "samples": sidecar["samples"],
+                "bytes": sidecar["bytes"],
+                "sha256": sidecar["sha256"],
+                "plan_hash": sidecar["plan_hash"],
+                "generation": shard.generation,
+            }
+        )
+        present = set(sidecar["keys"])
+        for sample in shard.samples:
+            if sample["key"] in present:
+                materials[sample["material"]["id"]] = sample["material"]
+    licences: dict[str, list[str]] = {}
+    for mid, entry in sorted(materials.items()):
+        licences.setdefault(entry["licence"], []).append(mid)
+    asset_licences: dict[str, dict[str, list[str]]] = {"meshes": {}, "lights": {}}
+    for snap in plan.generations:
+        for kind in ("meshes", "lights"):
+            for entry in snap[kind]:
+                ids = asset_licences[kind].setdefault(entry["licence"], [])
+                if entry["id"] not in ids:
+                    ids.append(entry["id"])
+    index = {
+        "schema_version": SCHEMA_VERSION,
+        "dataset": spec.dataset.name,
+        "version": version,
+        "complete": len(shards) == len(plan.shards),
+        "views_per_sample": spec.dataset.views,
+        "image_format": spec.render.image_format,
+        "spec_hash": spec.spec_hash(),
+        "catalog_hashes": catalog_hashes,
+        "shards": shards,
+        "failures": failures,
+        "materials": sorted(materials),
+        "categories": sorted({m["category"] for m in materials.values()}),
+        "licences": licences,
+        "asset_licences": {
+            k: {lic: sorted(v) for lic, v in d.items()} for k, d in asset_licences.items()
+        },
+        "samples": sum(s["samples"] for s in shards),
+        "generations": len(plan.generations),
+        "blender_version": blender_version,
+        "view_transform": spec.render.view_transform,
+        "spec": spec.render_settings(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    validate_index(index)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
+    storage.write_json(storage.join(version_url, INDEX_DIR, f"index-{stamp}.json"), index)
+    index_url = storage.join(version_url, INDEX_NAME)
+    storage.write_json(index_url, index)
+    return index, index_url
+
+
+def write_failures(version_url: str, failures: list[dict]) -> None:
+    text = "".join(canonical_json(f) + "\n" for f in failures)
+    storage.write_bytes(storage.join(version_url, FAILURES_NAME), text.encode("utf-8"))
+
+
+def build(
+    spec: Spec,
+    *,
+    pool: Pool | None = None,
+    local: bool = False,
+    session_factory: SessionFactory | None = None,
+    progress: bool = True,
+    verbose: bool = False,
+    address: str | None = None,
+    force_unlock: bool = False,
+    trust_sidecars: bool = False,
+    on_shard: Callable[[ShardOutcome], None] | None = None,
+) -> BuildResult:
+    """Render what is missing of ``spec``'s dataset version; see the module docstring."""
+    started = time.perf_counter()
+    catalogs = load_catalogs(spec)
+    own_pool = pool is None
+    if pool is None:
+        pool = make_pool(
+            spec, local=local, session_factory=session_factory, verbose=verbose, address=address
+        )
+    try:
+        blender_version = pool.blender_version
+        version = dataset_version(spec, blender_version)
+        output = spec.dataset.output
+        version_url = storage.join(output, version)
+        pool.check_output(version_url)
+        with storage.lock(storage.join(version_url, LOCK_NAME), force=force_unlock):
+            result = _build_locked(
+                spec,
+                catalogs,
+                pool,
+                version,
+                version_url,
+                blender_version,
+                progress=progress,
+                trust_sidecars=trust_sidecars,
+                on_shard=on_shard,
+            )
+    finally:
+        if own_pool:
+            pool.close()
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _build_locked(
+    spec: Spec,
+    catalogs: Any,
+    pool: Pool,
+    version: str,
+    version_url: str,
+    blender_version: str,
+    *,
+    progress: bool,
+    trust_sidecars: bool,
+    on_shard: Callable[[ShardOutcome], None] | None,
+) -> BuildResult:
+    b = spec.build
+    previous = load_snapshots(version_url)
+    plan = make_plan(spec, catalogs, previous)
+    if plan.new is not None:
+        name = snapshot_name(plan.new["generation"])
+        storage.write_json(storage.join(version_url, SNAPSHOT_DIR, name), plan.new, indent=None)
+        logger.info(
+            "planned generation %d: %d new shards", plan.new["generation"], len(plan.new_shards)
+        )
+    spec_url = storage.join(version_url, "spec.json")
+    if not storage.exists(spec_url):
+        storage.write_json(
+            spec_url, {"spec": spec.render_settings(), "blender_version": blender_version}
+        )
+
+    result = BuildResult(
+        output=spec.dataset.output,
+        version=version,
+        version_url=version_url,
+        index_url=storage.join(version_url, INDEX_NAME),
+        planned=[s.name for s in plan.shards],
+        planned_samples=plan.num_samples,
+    )
+    sidecars: dict[str, dict] = {}
+    todo: list[ShardPlan] = []
+    for shard in plan.shards:
+        sidecar, why = published_sidecar(version_url, shard, deep=not trust_sidecars)
+        if sidecar is None:
+            if why != "missing":
+                logger.warning("%s will be rendered again: %s", shard.name, why)
+            todo.append(shard)
+        else:
+            sidecars[shard.name] = sidecar
+            result.skipped.append(shard.name)
+    logger.info(
+        "%s: %d shards planned, %d already published, %d to render",
+        version_url,
+        len(plan.shards),
+        len(result.skipped),
+        len(todo),
+    )
+
+    shard_failures: list[dict] = []
+    by_name = {s.name: s for s in todo}
+    bar = _Progress(progress, sum(s.num_images for s in todo), len(todo))
+    # Base folders travel beside the plan, outside its hash: plans stay machine-independent.
+    base_dirs = {
+        kind: str(spec.catalog_path(kind).parent) for kind in ("materials", "meshes", "lights")
+    }
+    jobs = [{**s.to_dict(), "base_dirs": base_dirs} for s in todo]
+    outcomes = pool.run(jobs, version_url, b.max_retries)
+    try:
+        for outcome in outcomes:
+            shard = by_name[outcome.name]
+            if outcome.sidecar is not None:
+                sidecars[shard.name] = outcome.sidecar
+                result.rendered.append(shard.name)
+                result.images_rendered += outcome.sidecar["images"]
+                bar.update(shard.num_images, len(outcome.sidecar["failures"]))
+            else:
+                result.failed_shards.append(shard.name)
+                shard_failures += _shard_failures(
+                    shard, outcome.error or "unknown error", outcome.attempts
+                )
+                bar.update(shard.num_images, len(shard.samples))
+                logger.error(
+                    "%s failed after %d attempts: %s", shard.name, outcome.attempts, outcome.error
+                )
+            if on_shard is not None:
+                on_shard(outcome)
+    finally:
+        outcomes.close()
+        bar.close()
+
+    order = {name: i for i, name in enumerate(result.planned)}
+    failures = [f for name in sorted(sidecars, key=order.get) for f in sidecars[name]["failures"]]
+    failures += shard_failures
+    write_failures(version_url, failures)
+    index, result.index_url = write_index(
+        spec, plan, version, version_url, sidecars, failures, catalogs.hashes, blender_version
+    )
+    storage.write_json(
+        storage.join(spec.dataset.output, LATEST_NAME),
+        {"version": version, "index": f"{version}/{INDEX_NAME}", "dataset": spec.dataset.name},
+    )
+    result.failures = failures
+    result.samples = index["samples"]
+    result.complete = index["complete"]
+    fraction = len(failures) / max(1, plan.num_samples)
+    if not result.complete:
+        result.reasons.append(
+            f"{len(plan.shards) - len(index['shards'])} shard(s) not published: "
+            f"{', '.join(result.failed_shards)}"
+        )
+    if fraction > b.max_failure_fraction:
+        result.reasons.append(
+            f"{len(failures)} of {plan.num_samples} samples failed ({fraction:.1%}), above "
+            f"[build].max_failure_fraction = {b.max_failure_fraction:.1%}; see {FAILURES_NAME}"
+        )
+    result.exit_code = 1 if result.reasons else 0
+    return result
+
+
+def resolve_dataset_url(url: str) -> str:
+    """A version folder URL from either a version folder or a dataset output (``latest.json``)."""
+    if storage.exists(storage.join(url, INDEX_NAME)):
+        return url
+    latest = storage.join(url, LATEST_NAME)
+    if storage.exists(latest):
+        return storage.join(url, storage.read_json(latest)["version"])
+    raise storage.StorageError(
+        f"{url} holds neither {INDEX_NAME} nor {LATEST_NAME}: pass a dataset version folder "
+        "(…/v-<hash>) or the output of a finished build"
+    )
+
+
+def expected_blender_version() -> str:
+    """The Blender version a build here would report, read from the installed bpy wheel."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return blender_version_tag(version("bpy"))
+    except PackageNotFoundError:
+        return "unknown"

@@ -1,0 +1,313 @@
+"""``phieat-render``: plan, build, verify and preview material datasets rendered with Blender.
+
+Local run (Ray on this machine's cores, or --local for one process without Ray)::
+
+    phieat-render plan manifests/tiny.toml --estimate
+    phieat-render build manifests/tiny.toml --preview out/tiny-preview.png
+    phieat-render verify out/tiny
+
+One node with 32 cores, 2 Cycles threads per worker::
+
+    phieat-render build manifests/demo.toml --threads-per-worker 2
+
+A Ray cluster (see docs/cluster.md), outputs to an object store::
+
+    RAY_ADDRESS=ray://head:10001 phieat-render build manifests/full.toml \\
+        --output s3://bucket/phieat/full --gpus-per-worker 1
+
+``python -m render ...`` is the same program.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from phieat.schema import SchemaError
+from render import storage
+from render.plan import PlanError
+
+logger = logging.getLogger("phieat.render")
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    pass
+
+
+def _spec_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("spec", help="dataset spec (TOML), e.g. manifests/tiny.toml")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a spec value (TOML syntax), e.g. --set render.samples=8; repeatable",
+    )
+    p.add_argument(
+        "--output", help="write to this folder or fsspec URL instead of [dataset].output"
+    )
+
+
+def _load(args: argparse.Namespace):
+    from render.spec import load_spec, replace_output
+
+    return replace_output(load_spec(args.spec, args.overrides), args.output)
+
+
+# ----------------------------------------------------------------------------- plan
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from render.build import expected_blender_version, load_snapshots, published_sidecar
+    from render.plan import dataset_version, describe, estimate, load_catalogs, make_plan
+
+    spec = _load(args)
+    blender = args.blender_version or expected_blender_version()
+    version = dataset_version(spec, blender)
+    version_url = storage.join(spec.dataset.output, version)
+    previous = load_snapshots(version_url)
+    plan = make_plan(spec, load_catalogs(spec), previous)
+    if args.write:
+        storage.write_bytes(args.write, plan.to_json())
+        print(f"wrote the plan to {args.write}", file=sys.stderr)
+    if args.json:
+        sys.stdout.write(plan.to_json().decode("utf-8"))
+        return 0
+    print(f"dataset {spec.dataset.name}  version {version} (Blender {blender})  -> {version_url}")
+    print(f"{len(plan.generations)} generation(s); stored: {len(previous)}")
+    shards = plan.shards
+    if args.diff:
+        todo, reasons = [], {}
+        for shard in plan.shards:
+            sidecar, why = published_sidecar(version_url, shard, deep=False)
+            if sidecar is None:
+                todo.append(shard)
+                reasons[why] = reasons.get(why, 0) + 1
+        print(
+            f"a build would render {len(todo)} of {len(plan.shards)} shards "
+            f"({len(plan.new_shards)} in a new generation; "
+            + ", ".join(f"{n} {why}" for why, n in sorted(reasons.items()))
+            + ")"
+        )
+        shards = todo
+    print(describe(plan, shards, max_shards=args.max_shards))
+    if args.estimate:
+        est = estimate(plan, shards, core_s_per_image=args.core_s_per_image)
+        print(
+            f"estimate: {est['images']} images, {est['core_hours']} core-hours "
+            f"({est['core_s_per_image']} core-s per image at {spec.render.resolution} px / "
+            f"{spec.render.samples} samples), {est['bytes'] / 1e9:.3f} GB of {est['image_format']} shards"
+        )
+    return 0
+
+
+# ----------------------------------------------------------------------------- build
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from render.build import build
+    from render.spec import replace_build
+
+    spec = _load(args)
+    spec = replace_build(
+        spec,
+        workers=args.workers,
+        threads_per_worker=args.threads_per_worker,
+        gpus_per_worker=args.gpus_per_worker,
+        max_failure_fraction=args.max_failure_fraction,
+    )
+    result = build(
+        spec,
+        local=args.local,
+        progress=not args.no_progress,
+        verbose=args.verbose,
+        address=args.address,
+        force_unlock=args.force_unlock,
+        trust_sidecars=args.trust_sidecars,
+    )
+    print(result.summary())
+    if args.preview and result.rendered + result.skipped:
+        from render.preview import write_preview
+
+        write_preview(result.version_url, args.preview)
+        print(f"preview  {args.preview}")
+    return result.exit_code
+
+
+# ----------------------------------------------------------------------------- verify / preview
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from render.verify import verify_dataset
+
+    report = verify_dataset(args.url, deep=not args.quick)
+    print(report.summary())
+    return 0 if report.ok else 1
+
+
+def cmd_preview(args: argparse.Namespace) -> int:
+    from render.preview import write_preview
+
+    out = write_preview(args.url, args.out, shard=args.shard, rows=args.rows, thumb=args.thumb)
+    print(out)
+    return 0
+
+
+# ----------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="phieat-render",
+        description="Render material datasets with Blender (Cycles) into WebDataset shards.",
+        epilog=__doc__.split("\n", 2)[2],
+        formatter_class=_Formatter,
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="show Blender's own logs and info messages"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser(
+        "plan",
+        help="print the deterministic plan of a spec (shards, samples, view jobs)",
+        description="Expand a spec and its catalogs into shards -> samples -> view jobs. "
+        "Nothing is rendered. Same spec + catalogs give the same plan, byte for byte.",
+        epilog="examples:\n"
+        "  phieat-render plan manifests/tiny.toml\n"
+        "  phieat-render plan manifests/tiny.toml --json > plan.json\n"
+        "  phieat-render plan manifests/full.toml --estimate\n"
+        "  phieat-render plan manifests/demo.toml --diff     # what a re-run would add",
+        formatter_class=_Formatter,
+    )
+    _spec_args(p)
+    p.add_argument("--json", action="store_true", help="print the whole plan as canonical JSON")
+    p.add_argument(
+        "--write", metavar="FILE", help="also write the canonical JSON plan to FILE (path or URL)"
+    )
+    p.add_argument("--diff", action="store_true", help="list only shards a build would render now")
+    p.add_argument("--estimate", action="store_true", help="print images, core-hours and bytes")
+    p.add_argument(
+        "--core-s-per-image", type=float, help="cost per image for --estimate (default: model)"
+    )
+    p.add_argument("--max-shards", type=int, default=20, help="shards listed in the summary")
+    p.add_argument(
+        "--blender-version", help="Blender version for the version hash (default: installed bpy)"
+    )
+    p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser(
+        "build",
+        help="render what is missing of a dataset and write its index",
+        description="Render every shard of the plan that is missing, corrupt or stale, publish "
+        "each atomically with a sidecar, and write failures.jsonl and index.json. Re-running "
+        "resumes; exit status 1 when shards are missing or failures exceed the threshold.",
+        epilog="examples:\n"
+        "  phieat-render build manifests/tiny.toml --preview out/tiny.png\n"
+        "  phieat-render build manifests/tiny.toml --local          # no Ray, one process\n"
+        "  phieat-render build manifests/demo.toml --threads-per-worker 2\n"
+        "  phieat-render build manifests/full.toml --address auto --output s3://bucket/full\n"
+        "  phieat-render build manifests/tiny.toml --set render.samples=4 --set dataset.views=3",
+        formatter_class=_Formatter,
+    )
+    _spec_args(p)
+    p.add_argument("--local", action="store_true", help="render in this process, without Ray")
+    p.add_argument(
+        "--workers", type=int, help="Ray actors (default [build].workers; 0 = cores / threads)"
+    )
+    p.add_argument(
+        "--threads-per-worker", type=int, help="Cycles threads = CPUs reserved per actor"
+    )
+    p.add_argument(
+        "--gpus-per-worker", type=float, help="GPUs per actor (OptiX, falling back to CUDA)"
+    )
+    p.add_argument(
+        "--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)"
+    )
+    p.add_argument(
+        "--max-failure-fraction",
+        type=float,
+        help="fail the build above this share of failed samples",
+    )
+    p.add_argument(
+        "--force-unlock", action="store_true", help="take over the lock of a build that died"
+    )
+    p.add_argument(
+        "--trust-sidecars",
+        action="store_true",
+        help="skip re-hashing published shards (size check only)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--preview", metavar="PNG", help="write a contact sheet of the first shard here")
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="show Blender's own logs and info messages",
+    )
+    p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser(
+        "verify",
+        help="check a dataset: checksums, counts, schema, decodable images",
+        description="Check every shard listed in index.json: presence, size, sha256, sidecar, "
+        "sample count, schema of every sample, V views, decodable images, unique keys.",
+        epilog="examples:\n  phieat-render verify out/tiny\n  phieat-render verify s3://bucket/full --quick",
+        formatter_class=_Formatter,
+    )
+    p.add_argument("url", help="dataset output (uses latest.json) or a version folder v-<hash>")
+    p.add_argument(
+        "--quick", action="store_true", help="sizes and sidecars only; do not read the tars"
+    )
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser(
+        "preview",
+        help="write a contact sheet PNG: one row per material, its views side by side",
+        description="Contact sheet of one shard: each row is a sample (one material), each "
+        "column one of its V views.",
+        epilog="examples:\n  phieat-render preview out/tiny -o out/tiny.png\n"
+        "  phieat-render preview out/demo --shard 2 --rows 20 --thumb 96",
+        formatter_class=_Formatter,
+    )
+    p.add_argument("url", help="dataset output (uses latest.json) or a version folder")
+    p.add_argument("-o", "--out", default="preview.png", help="PNG path or URL to write")
+    p.add_argument("--shard", type=int, default=0, help="which shard of the index (0-based)")
+    p.add_argument("--rows", type=int, default=12, help="samples (rows) to show")
+    p.add_argument("--thumb", type=int, default=128, help="thumbnail size in pixels")
+    p.set_defaults(func=cmd_preview)
+
+    try:
+        assets_cli = importlib.import_module("render.assets.cli")
+    except ModuleNotFoundError as exc:
+        if exc.name != "render.assets.cli":
+            raise
+    else:
+        assets_cli.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args) or 0)
+    except (PlanError, SchemaError, storage.StorageError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:  # SpecError and friends carry the key to fix
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

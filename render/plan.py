@@ -1,0 +1,485 @@
+"""Deterministic planner: spec + catalogs -> shards -> samples -> view jobs.
+
+The same spec and catalogs always give the same plan, byte for byte. A plan is made of
+*generations*: the first build of a dataset version draws generation 0 from the catalogs; a
+later build, after catalogs grew, adds a generation holding only the new materials (and,
+with ``resample_on_growth``, extra samples of old materials drawn with the new meshes and
+lights) in new shards. Each generation stores a snapshot of the catalog entries it was drawn
+from inside the dataset version (``plan/gen-0000.json``), and shards of old generations are
+always re-planned from their own snapshot, so growing a catalog never changes an existing
+shard's plan or plan hash.
+
+Randomness is explicit: every sample has its own ``numpy.random.Generator`` seeded from the
+spec seed and the sample key, so a sample's views do not depend on which other materials
+exist. Each view draws a different mesh and light from its siblings while the pools have
+enough entries, then starts repeating.
+
+    python -m render plan manifests/tiny.toml            # summary of the plan
+    python -m render plan manifests/tiny.toml --json     # the full plan, every view job
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from phieat.schema import (
+    IMAGE_FORMATS,
+    SCHEMA_VERSION,
+    SchemaError,
+    canonical_json,
+    hash_obj,
+    make_key,
+    shard_name,
+    validate_material_id,
+)
+from render.spec import Spec
+
+CATALOG_KINDS = ("materials", "meshes", "lights")
+REQUIRED_FIELDS = {
+    "materials": ("id", "category", "source", "licence", "group", "split"),
+    "meshes": ("id", "kind", "params", "size_m", "group", "split", "licence"),
+    "lights": ("id", "kind", "params", "group", "split", "licence"),
+}
+SNAPSHOT_DIR = "plan"
+
+
+class PlanError(ValueError):
+    """Catalogs or a spec that cannot be planned; the message names the file or key."""
+
+
+# ----------------------------------------------------------------------------- catalogs
+
+
+@dataclass(frozen=True)
+class Catalogs:
+    """The three catalogs as lists of entries sorted by id, with a content hash of each file."""
+
+    materials: list[dict]
+    meshes: list[dict]
+    lights: list[dict]
+    hashes: dict[str, str]
+
+
+def load_catalog(path: str | Path, kind: str) -> list[dict]:
+    """Read one JSONL catalog, checking each entry's required fields and unique IDs."""
+    path = Path(path)
+    if not path.exists():
+        raise PlanError(
+            f"catalog {path} does not exist: create it (phieat-render assets ...) or point "
+            f"[catalogs].{kind} of the spec at another file"
+        )
+    entries: list[dict] = []
+    seen: set[str] = set()
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise PlanError(f"{where} is not valid JSON: {exc}") from exc
+        if not isinstance(entry, dict):
+            raise PlanError(f"{where} must be a JSON object")
+        for name in REQUIRED_FIELDS[kind]:
+            if name not in entry:
+                raise PlanError(f"{where}: entry {entry.get('id', '?')!r} is missing {name!r}")
+        try:
+            validate_material_id(entry["id"])
+        except SchemaError as exc:
+            raise PlanError(f"{where}: {exc}") from exc
+        if entry["id"] in seen:
+            raise PlanError(f"{where}: id {entry['id']!r} appears twice")
+        if kind == "materials" and entry["source"] == "procedural" and "family" not in entry:
+            raise PlanError(f"{where}: procedural material {entry['id']!r} has no 'family'")
+        seen.add(entry["id"])
+        entries.append(entry)
+    return sorted(entries, key=lambda e: e["id"])
+
+
+def load_catalogs(spec: Spec) -> Catalogs:
+    lists = {kind: load_catalog(spec.catalog_path(kind), kind) for kind in CATALOG_KINDS}
+    hashes = {
+        kind: hashlib.sha256(spec.catalog_path(kind).read_bytes()).hexdigest()[:16]
+        for kind in CATALOG_KINDS
+    }
+    return Catalogs(hashes=hashes, **lists)
+
+
+def _splits(selected: list[str]) -> set[str] | None:
+    return None if "all" in selected else set(selected)
+
+
+def _select(spec: Spec, catalogs: Catalogs) -> tuple[list[dict], list[dict], list[dict]]:
+    """Entries of the spec's splits (and categories); errors name the empty catalog."""
+    c = spec.catalogs
+    mat_splits = _splits(c.split)
+    mesh_splits = _splits(c.mesh_split or c.split)
+    light_splits = _splits(c.light_split or c.split)
+
+    def keep(entries: list[dict], splits: set[str] | None) -> list[dict]:
+        return [e for e in entries if splits is None or e["split"] in splits]
+
+    materials = keep(catalogs.materials, mat_splits)
+    if c.categories:
+        materials = [m for m in materials if m["category"] in set(c.categories)]
+    meshes = keep(catalogs.meshes, mesh_splits)
+    lights = keep(catalogs.lights, light_splits)
+    for kind, entries, key, splits in (
+        ("meshes", meshes, "mesh_split", mesh_splits),
+        ("lights", lights, "light_split", light_splits),
+    ):
+        if not entries:
+            raise PlanError(
+                f"{spec.catalog_path(kind)} has no entry in split {sorted(splits or ['all'])}"
+                f': set [catalogs].{key} (e.g. "all") in {spec.path or "the spec"}'
+            )
+    return materials, meshes, lights
+
+
+# ----------------------------------------------------------------------------- generations
+
+
+def blender_version_tag(version: str) -> str:
+    """``'5.0.1'`` from e.g. ``'5.0.1'`` or ``'Blender 5.0.1 (hash abc)'``; other text as is."""
+    match = re.search(r"\d+\.\d+(?:\.\d+)?", version)
+    return match.group(0) if match else version.strip()
+
+
+def dataset_version(spec: Spec, blender_version: str) -> str:
+    """Name of the version folder: a hash of the render settings, seed and Blender version."""
+    return "v-" + hash_obj(
+        {
+            "schema_version": SCHEMA_VERSION,
+            "settings": spec.render_settings(),
+            "blender": blender_version_tag(blender_version),
+        },
+        length=12,
+    )
+
+
+def snapshot_name(generation: int) -> str:
+    return f"gen-{generation:04d}.json"
+
+
+def _entries_hash(entries: list[dict]) -> str:
+    return hash_obj(entries)
+
+
+def new_generation(spec: Spec, catalogs: Catalogs, previous: list[dict]) -> dict | None:
+    """The next generation's snapshot, or ``None`` when the catalogs add nothing to plan."""
+    materials, meshes, lights = _select(spec, catalogs)
+    generation = len(previous)
+    planned: dict[str, int] = {}
+    seen_meshes: set[str] = set()
+    seen_lights: set[str] = set()
+    for snap in previous:
+        for sample in snap["samples"]:
+            planned[sample["material"]] = max(planned.get(sample["material"], -1), sample["group"])
+        seen_meshes.update(snap["pools"]["all"]["meshes"])
+        seen_lights.update(snap["pools"]["all"]["lights"])
+
+    fresh = [m for m in materials if m["id"] not in planned]
+    if spec.dataset.max_materials:
+        room = max(0, spec.dataset.max_materials - len(planned))
+        # A seeded order picks which materials fit, independent of catalog file order.
+        fresh = sorted(fresh, key=lambda m: hash_obj([spec.dataset.seed, m["id"]]))[:room]
+        fresh.sort(key=lambda m: m["id"])
+    samples = [
+        {"material": m["id"], "group": g, "pool": "all"}
+        for m in fresh
+        for g in range(spec.dataset.samples_per_material)
+    ]
+    new_meshes = [m for m in meshes if m["id"] not in seen_meshes]
+    new_lights = [m for m in lights if m["id"] not in seen_lights]
+    pool_new = None
+    if previous and spec.dataset.resample_on_growth and (new_meshes or new_lights):
+        pool_new = {
+            "meshes": [m["id"] for m in (new_meshes or meshes)],
+            "lights": [m["id"] for m in (new_lights or lights)],
+        }
+        by_id = {m["id"]: m for m in materials}
+        samples += [
+            {"material": mid, "group": group + 1, "pool": "new"}
+            for mid, group in sorted(planned.items())
+            if mid in by_id
+        ]
+    if not samples:
+        return None
+    order = np.random.default_rng([spec.dataset.seed, 7919, generation]).permutation(len(samples))
+    samples = [samples[i] for i in order]
+    first_shard = sum(snap["num_shards"] for snap in previous)
+    used = {s["material"] for s in samples}
+    pools = {"all": {"meshes": [m["id"] for m in meshes], "lights": [m["id"] for m in lights]}}
+    if pool_new:
+        pools["new"] = pool_new
+    material_entries = [m for m in materials if m["id"] in used]
+    return {
+        "generation": generation,
+        "first_shard": first_shard,
+        "num_shards": -(-len(samples) // spec.dataset.shard_size),
+        "shard_size": spec.dataset.shard_size,
+        "catalog_hashes": dict(catalogs.hashes),
+        "materials": material_entries,
+        "meshes": meshes,
+        "lights": lights,
+        "pools": pools,
+        "samples": samples,
+    }
+
+
+# ----------------------------------------------------------------------------- shards
+
+
+@dataclass
+class ShardPlan:
+    """One shard: its samples (each with V view jobs), plan hash and catalog snapshot."""
+
+    index: int
+    name: str
+    generation: int
+    samples: list[dict]
+    catalog_snapshot: dict
+    plan_hash: str = ""
+
+    @property
+    def num_images(self) -> int:
+        return sum(len(s["views"]) for s in self.samples)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "name": self.name,
+            "generation": self.generation,
+            "plan_hash": self.plan_hash,
+            "catalog_snapshot": self.catalog_snapshot,
+            "samples": self.samples,
+        }
+
+
+def _uniform(rng: np.random.Generator, lo_hi: list[float]) -> float:
+    lo, hi = lo_hi
+    return round(float(rng.uniform(lo, hi)) if hi > lo else float(lo), 3)
+
+
+def _distinct(rng: np.random.Generator, n: int, k: int) -> list[int]:
+    """``k`` indices into ``n`` entries, all different while ``k <= n``, then repeating."""
+    out: list[int] = []
+    while len(out) < k:
+        take = min(n, k - len(out))
+        out.extend(int(i) for i in rng.choice(n, size=take, replace=False))
+    return out
+
+
+def _render_record(spec: Spec) -> dict[str, Any]:
+    r = spec.render
+    return {
+        "resolution": r.resolution,
+        "samples": r.samples,
+        "denoise": r.denoise,
+        "bounces": r.bounces,
+        "view_transform": r.view_transform,
+        "image_format": r.image_format,
+        "jpeg_quality": r.jpeg_quality,
+        "passes": list(r.passes),
+    }
+
+
+def plan_sample(
+    spec: Spec, material: dict, group: int, meshes: list[dict], lights: list[dict]
+) -> dict[str, Any]:
+    """One sample: V view jobs of ``material``, drawn with the sample's own seeded generator."""
+    key = make_key(material["id"], group)
+    digest = int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "little")
+    rng = np.random.default_rng([spec.dataset.seed, digest])
+    views = spec.dataset.views
+    mesh_idx = _distinct(rng, len(meshes), views)
+    light_idx = _distinct(rng, len(lights), views)
+    render = _render_record(spec)
+    jobs = []
+    for v in range(views):
+        if spec.render.background == "random":
+            color = [round(float(c), 3) for c in rng.uniform(0.05, 0.95, size=3)]
+        else:
+            color = [float(c) for c in spec.render.background_color]
+        jobs.append(
+            {
+                "key": key,
+                "view": v,
+                "material": material,
+                "mesh": meshes[mesh_idx[v]],
+                "light": lights[light_idx[v]],
+                "light_rotation": _uniform(rng, spec.lighting.rotation),
+                "light_strength": _uniform(rng, spec.lighting.strength),
+                "camera": {
+                    "distance": _uniform(rng, spec.camera.distance),
+                    "elevation": _uniform(rng, spec.camera.elevation),
+                    "azimuth": _uniform(rng, spec.camera.azimuth),
+                    "lens_mm": _uniform(rng, spec.camera.lens_mm),
+                },
+                "background": {"mode": spec.render.background, "color": color},
+                "render": render,
+                "seed": int(rng.integers(0, 2**31 - 1)),
+            }
+        )
+    return {"key": key, "material": material, "views": jobs}
+
+
+def shards_of(spec: Spec, snapshot: dict) -> list[ShardPlan]:
+    """Re-plan every shard of one generation from its stored snapshot (never the live catalog)."""
+    materials = {m["id"]: m for m in snapshot["materials"]}
+    meshes = {m["id"]: m for m in snapshot["meshes"]}
+    lights = {m["id"]: m for m in snapshot["lights"]}
+    pools = {
+        name: ([meshes[i] for i in pool["meshes"]], [lights[i] for i in pool["lights"]])
+        for name, pool in snapshot["pools"].items()
+    }
+    ref = {
+        "generation": snapshot["generation"],
+        "materials": _entries_hash(snapshot["materials"]),
+        "meshes": _entries_hash(snapshot["meshes"]),
+        "lights": _entries_hash(snapshot["lights"]),
+        "counts": {k: len(snapshot[k]) for k in CATALOG_KINDS},
+        "catalog_hashes": snapshot["catalog_hashes"],
+    }
+    size = snapshot["shard_size"]
+    shards = []
+    for k in range(snapshot["num_shards"]):
+        chunk = snapshot["samples"][k * size : (k + 1) * size]
+        samples = [
+            plan_sample(spec, materials[s["material"]], s["group"], *pools[s["pool"]])
+            for s in chunk
+        ]
+        index = snapshot["first_shard"] + k
+        shard = ShardPlan(index, shard_name(index), snapshot["generation"], samples, ref)
+        shard.plan_hash = hash_obj(
+            {"shard": shard.name, "samples": samples, "snapshot": ref}, length=16
+        )
+        shards.append(shard)
+    return shards
+
+
+@dataclass
+class Plan:
+    """All generations of a dataset version; ``new`` is the generation this run would add."""
+
+    spec: Spec
+    generations: list[dict]
+    new: dict | None
+    shards: list[ShardPlan] = field(default_factory=list)
+
+    @property
+    def new_shards(self) -> list[ShardPlan]:
+        if self.new is None:
+            return []
+        return [s for s in self.shards if s.generation == self.new["generation"]]
+
+    @property
+    def num_samples(self) -> int:
+        return sum(len(s.samples) for s in self.shards)
+
+    @property
+    def num_images(self) -> int:
+        return sum(s.num_images for s in self.shards)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "dataset": self.spec.dataset.name,
+            "spec_hash": self.spec.spec_hash(),
+            "spec": self.spec.render_settings(),
+            "generations": len(self.generations),
+            "shards": [s.to_dict() for s in self.shards],
+        }
+
+    def to_json(self) -> bytes:
+        """Canonical JSON bytes of the whole plan: equal plans give equal bytes."""
+        return (canonical_json(self.to_dict()) + "\n").encode("utf-8")
+
+
+def make_plan(spec: Spec, catalogs: Catalogs, previous: list[dict] | None = None) -> Plan:
+    """Plan a dataset version: the ``previous`` generations' snapshots plus what is new."""
+    previous = list(previous or [])
+    for i, snap in enumerate(previous):
+        if snap.get("generation") != i:
+            raise PlanError(f"plan snapshot {snapshot_name(i)} is missing or out of order")
+    new = new_generation(spec, catalogs, previous)
+    generations = previous + ([new] if new else [])
+    if not generations:
+        raise PlanError(
+            f"nothing to plan: no material of split {spec.catalogs.split} in "
+            f"{spec.catalog_path('materials')}"
+        )
+    shards = [shard for snap in generations for shard in shards_of(spec, snap)]
+    return Plan(spec=spec, generations=generations, new=new, shards=shards)
+
+
+# ----------------------------------------------------------------------------- estimate
+
+# Cost model on one CPU core, fitted to Cycles 5.0 on the reference machines (see bench/):
+# path tracing scales with pixels x samples; a persistent worker adds a small fixed cost per
+# view; OpenImageDenoise scales with pixels.
+CORE_S_PER_PIXEL_SAMPLE = 2.2e-6
+CORE_S_FIXED_PER_VIEW = 0.25
+CORE_S_DENOISE_PER_PIXEL = 1.0 / 65536
+BYTES_PER_PIXEL = {"jpg": 0.35, "png": 1.3, "png16": 3.2, "exr": 4.5}
+PASS_BYTES_PER_PIXEL = {"mask": 0.04, "matid": 0.06}
+TAR_MEMBER_OVERHEAD = 768  # header plus average padding
+
+
+def estimate(
+    plan: Plan, shards: list[ShardPlan] | None = None, core_s_per_image: float | None = None
+) -> dict[str, Any]:
+    """Expected images, core-hours and bytes of ``shards`` (default: the whole plan)."""
+    shards = plan.shards if shards is None else shards
+    r = plan.spec.render
+    pixels = r.resolution * r.resolution
+    if core_s_per_image is None:
+        core_s_per_image = CORE_S_FIXED_PER_VIEW + CORE_S_PER_PIXEL_SAMPLE * pixels * r.samples
+        if r.denoise:
+            core_s_per_image += CORE_S_DENOISE_PER_PIXEL * pixels
+    images = sum(s.num_images for s in shards)
+    samples = sum(len(s.samples) for s in shards)
+    members_per_view = 1 + len(r.passes)
+    per_view = BYTES_PER_PIXEL[r.image_format] * pixels + sum(
+        PASS_BYTES_PER_PIXEL[p] * pixels for p in r.passes
+    )
+    total_bytes = images * (per_view + members_per_view * TAR_MEMBER_OVERHEAD) + samples * (
+        1200 * plan.spec.dataset.views + TAR_MEMBER_OVERHEAD
+    )
+    return {
+        "shards": len(shards),
+        "samples": samples,
+        "images": images,
+        "core_s_per_image": round(core_s_per_image, 4),
+        "core_hours": round(images * core_s_per_image / 3600.0, 3),
+        "bytes": int(total_bytes),
+        "image_format": r.image_format,
+        "extension": IMAGE_FORMATS[r.image_format],
+    }
+
+
+def describe(plan: Plan, shards: list[ShardPlan] | None = None, max_shards: int = 20) -> str:
+    """A human-readable summary: one line per shard, then totals."""
+    shards = plan.shards if shards is None else shards
+    lines = []
+    for shard in shards[:max_shards]:
+        keys = ", ".join(s["key"] for s in shard.samples[:3])
+        more = f", ... (+{len(shard.samples) - 3})" if len(shard.samples) > 3 else ""
+        lines.append(
+            f"{shard.name}  gen {shard.generation}  {len(shard.samples):4d} samples  "
+            f"{shard.num_images:5d} images  plan {shard.plan_hash}  [{keys}{more}]"
+        )
+    if len(shards) > max_shards:
+        lines.append(f"... {len(shards) - max_shards} more shards")
+    lines.append(
+        f"{len(shards)} shards, {sum(len(s.samples) for s in shards)} samples, "
+        f"{sum(s.num_images for s in shards)} images"
+    )
+    return "\n".join(lines)

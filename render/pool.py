@@ -1,0 +1,393 @@
+"""A pool of long-lived Ray actors, each holding one Blender session; one task = one shard.
+
+This is the only module that imports ray. Each ``RenderWorker`` actor imports bpy once,
+reserves ``num_cpus = threads_per_worker`` (Cycles renders with exactly that many fixed
+threads) and optionally ``num_gpus``; it renders whole shards with
+``render.writer.render_shard`` and publishes them itself (rename or upload), so the driver
+only moves small sidecars.
+
+The driver (``RenderPool.run``) counts attempts itself: actors are created with
+``max_restarts=0`` and no task retries (Ray's own retry would replay a shard that crashes its
+actor until the actor is dead for good). When an actor dies (killed, out of memory, Blender
+segfault) or a shard exceeds ``shard_timeout_s``, its shard is re-queued on a fresh actor
+until ``shard_attempts`` is spent; only that shard is lost. Actors are recycled after
+``recycle_after_shards`` shards or when their resident memory passes ``max_worker_rss_mb``.
+
+GPU actors try OptiX, then CUDA, on the GPU Ray assigned them. Cycles compiles its GPU
+kernels on first use (minutes on some cards): every actor warms up under a per-node file
+lock with a persistent kernel cache, so a node compiles once and the rest of its actors hit
+the cache. The bpy wheel cannot use the GPUs of the machines this project is tested on, so
+that path is covered by logic tests with a fake session only.
+
+Local mode: ``ray.init()`` on this machine's cores. A cluster: ``RAY_ADDRESS`` or
+``address=`` (see docs/cluster.md).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import socket
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import ray
+import ray.exceptions
+
+from render import storage
+from render.build import SessionFactory, ShardOutcome, blender_session_factory
+from render.writer import Session, render_shard
+
+logger = logging.getLogger("phieat.render")
+
+GPU_DEVICES = ("OPTIX", "CUDA")
+DEFAULT_KERNEL_CACHE = Path.home() / ".cache" / "phieat" / "cycles-kernels"
+
+
+def open_session(
+    factory: SessionFactory,
+    threads: int,
+    gpus: float,
+    quiet: bool,
+    devices: tuple[str, ...] = GPU_DEVICES,
+) -> tuple[Session, str]:
+    """Open a session on the CPU, or on the GPU trying ``devices`` in order (OptiX -> CUDA).
+
+    Returns ``(session, device)``. Raises ``RuntimeError`` listing every device's error when
+    none works, so a GPU build never falls back to the CPU silently.
+    """
+    if not gpus:
+        return factory(threads=threads, device="CPU", quiet=quiet), "CPU"
+    errors = []
+    for device in devices:
+        try:
+            session = factory(threads=threads, device=device, quiet=quiet)
+        except Exception as exc:  # noqa: BLE001 - try the next backend, report all at the end
+            errors.append(f"{device}: {exc}")
+            logger.warning("GPU backend %s unavailable: %s", device, exc)
+            continue
+        return session, device
+    raise RuntimeError(
+        "no GPU backend works on this worker (" + "; ".join(errors) + "); check the NVIDIA "
+        "driver and CUDA_VISIBLE_DEVICES, or run with --gpus-per-worker 0"
+    )
+
+
+def kernel_cache_env(cache_dir: str | Path) -> dict[str, str]:
+    """Environment that keeps the CUDA and OptiX kernel caches in ``cache_dir`` (persistent)."""
+    cache = Path(cache_dir)
+    return {
+        "CUDA_CACHE_PATH": str(cache / "cuda"),
+        "CUDA_CACHE_MAXSIZE": str(4 << 30),
+        "OPTIX_CACHE_PATH": str(cache / "optix"),
+        "OPTIX_CACHE_MAXSIZE": str(4 << 30),
+    }
+
+
+def warm_kernels(
+    session: Session, device: str, job: dict, cache_dir: str | Path, version: str
+) -> str:
+    """Render one tiny view under a per-node lock so Cycles compiles GPU kernels only once.
+
+    Returns ``"compiled"`` (this actor did the compilation) or ``"cached"`` (another actor on
+    this node already had; the marker file says so).
+    """
+    cache = Path(cache_dir)
+    cache.mkdir(parents=True, exist_ok=True)
+    marker = cache / f"warm-{version}-{device}.done"
+    with open(cache / ".warm.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if marker.exists():
+                return "cached"
+            tiny = dict(job)
+            tiny["render"] = {**job["render"], "resolution": 16, "samples": 1, "denoise": False}
+            started = time.perf_counter()
+            session.render_view(tiny)
+            session.reset()
+            marker.write_text(f"{time.time()}\n")
+            logger.warning(
+                "compiled Cycles %s kernels once on %s in %.0f s (cache %s)",
+                device,
+                socket.gethostname(),
+                time.perf_counter() - started,
+                cache,
+            )
+            return "compiled"
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+class _Worker:
+    """The actor body: one Blender session for the actor's whole life."""
+
+    def __init__(
+        self, factory: SessionFactory, threads: int, gpus: float, quiet: bool, kernel_cache: str
+    ) -> None:
+        if gpus:
+            os.environ.update(kernel_cache_env(kernel_cache))
+        self.kernel_cache = kernel_cache
+        self.session, self.device = open_session(factory, threads, gpus, quiet)
+        self.shards = 0
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "blender_version": self.session.blender_version,
+            "device": self.device,
+            "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+        }
+
+    def warm(self, job: dict) -> str:
+        if self.device == "CPU":
+            return "cpu"
+        return warm_kernels(
+            self.session, self.device, job, self.kernel_cache, self.session.blender_version
+        )
+
+    def render(self, shard: dict, version_url: str, max_retries: int) -> dict[str, Any]:
+        sidecar = render_shard(self.session, shard, version_url, max_retries=max_retries)
+        self.shards += 1
+        return {"sidecar": sidecar, "rss_mb": self.session.rss_mb()}
+
+
+RenderWorker = ray.remote(max_restarts=0, max_task_retries=0)(_Worker)
+
+
+class _Slot:
+    """One actor as the driver sees it."""
+
+    def __init__(self, actor: Any, info_ref: Any, serial: int) -> None:
+        self.actor = actor
+        self.info_ref = info_ref
+        self.serial = serial
+        self.shards = 0
+        self.warmed = False
+
+
+def ensure_ray(
+    address: str | None = None, num_cpus: int | None = None, verbose: bool = False
+) -> None:
+    """Connect to ``address`` / ``RAY_ADDRESS``, or start a local Ray on this machine."""
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    kwargs: dict[str, Any] = {
+        "include_dashboard": False,
+        "log_to_driver": verbose,
+        "logging_level": logging.INFO if verbose else logging.WARNING,
+    }
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(num_cpus=num_cpus, **kwargs)
+
+
+class RenderPool:
+    """Ray actors rendering shards; see the module docstring for the failure policy."""
+
+    def __init__(
+        self,
+        session_factory: SessionFactory = blender_session_factory,
+        workers: int = 0,
+        threads_per_worker: int = 1,
+        gpus_per_worker: float = 0.0,
+        shard_attempts: int = 3,
+        recycle_after_shards: int = 50,
+        max_worker_rss_mb: float = 0.0,
+        shard_timeout_s: float = 0.0,
+        quiet: bool = True,
+        address: str | None = None,
+        kernel_cache: str | Path = DEFAULT_KERNEL_CACHE,
+        poll_s: float = 0.5,
+    ) -> None:
+        ensure_ray(address, verbose=not quiet)
+        self.factory = session_factory
+        self.threads = threads_per_worker
+        self.gpus = gpus_per_worker
+        self.shard_attempts = shard_attempts
+        self.recycle_after_shards = recycle_after_shards
+        self.max_rss_mb = max_worker_rss_mb
+        self.shard_timeout_s = shard_timeout_s
+        self.quiet = quiet
+        self.kernel_cache = str(kernel_cache)
+        self.poll_s = poll_s
+        if workers <= 0:
+            cpus = int(ray.cluster_resources().get("CPU", 1))
+            workers = max(1, cpus // threads_per_worker)
+            if gpus_per_worker:
+                workers = min(
+                    workers, int(ray.cluster_resources().get("GPU", 0) // gpus_per_worker)
+                )
+                if workers < 1:
+                    raise RuntimeError(
+                        f"--gpus-per-worker {gpus_per_worker} asked for, but the Ray cluster "
+                        f"has {ray.cluster_resources().get('GPU', 0)} GPUs"
+                    )
+        self.workers = workers
+        self._serial = 0
+        self._slots: list[_Slot] = [self._new_slot() for _ in range(workers)]
+        self._in_flight: dict[Any, tuple[_Slot, dict, float]] = {}
+        self.crashes = 0
+        self.recycled = 0
+
+    # -- actors
+
+    def _new_slot(self) -> _Slot:
+        self._serial += 1
+        actor = RenderWorker.options(
+            num_cpus=self.threads,
+            num_gpus=self.gpus,
+            name=None,
+        ).remote(self.factory, self.threads, self.gpus, self.quiet, self.kernel_cache)
+        return _Slot(actor, actor.info.remote(), self._serial)
+
+    def _retire(self, slot: _Slot, replace: bool = True) -> None:
+        ray.kill(slot.actor, no_restart=True)
+        if slot in self._slots:
+            i = self._slots.index(slot)
+            if replace:
+                self._slots[i] = self._new_slot()
+            else:
+                self._slots.pop(i)
+
+    @property
+    def blender_version(self) -> str:
+        return ray.get(self._slots[0].info_ref)["blender_version"]
+
+    def worker_info(self) -> list[dict[str, Any]]:
+        return ray.get([slot.info_ref for slot in self._slots])
+
+    def in_flight(self) -> dict[str, int]:
+        """Shard name -> pid of the actor rendering it (for tests and status)."""
+        return {
+            shard["name"]: ray.get(slot.info_ref)["pid"]
+            for slot, shard, _ in self._in_flight.values()
+        }
+
+    def check_output(self, url: str) -> None:
+        if storage.is_process_local(url):
+            raise storage.StorageError(
+                f"{url} lives in this process's memory, which Ray workers cannot write to: use "
+                "a folder, file:// or an object store URL, or build with --local"
+            )
+
+    # -- scheduling
+
+    def run(
+        self,
+        shards: list[dict],
+        version_url: str,
+        max_retries: int,
+        on_submit: Callable[[str, int], None] | None = None,
+    ) -> Iterator[ShardOutcome]:
+        """Render ``shards``; yields one outcome per shard as shards finish."""
+        queue = deque(shards)
+        attempts: dict[str, int] = {}
+        first_job = shards[0]["samples"][0]["views"][0] if shards and shards[0]["samples"] else None
+        try:
+            while queue or self._in_flight:
+                busy = {id(slot) for slot, _, _ in self._in_flight.values()}
+                for slot in list(self._slots):
+                    if not queue:
+                        break
+                    if id(slot) in busy:
+                        continue
+                    if self.gpus and not slot.warmed and first_job is not None:
+                        # Blocks this actor only; a node's first actor compiles, others wait.
+                        ray.get(slot.actor.warm.remote(first_job))
+                    slot.warmed = True
+                    shard = queue.popleft()
+                    ref = slot.actor.render.remote(shard, version_url, max_retries)
+                    self._in_flight[ref] = (slot, shard, time.monotonic())
+                    if on_submit is not None:
+                        on_submit(shard["name"], slot.serial)
+                ready, _ = ray.wait(list(self._in_flight), num_returns=1, timeout=self.poll_s)
+                for ref in ready:
+                    yield from self._collect(ref, queue, attempts)
+                if self.shard_timeout_s:
+                    yield from self._expire(queue, attempts)
+        finally:
+            # Abandoned (driver interrupted): stop the actors so no shard is published late.
+            for slot, _, _ in list(self._in_flight.values()):
+                self._retire(slot)
+            self._in_flight.clear()
+
+    def _collect(self, ref: Any, queue: deque, attempts: dict[str, int]) -> Iterator[ShardOutcome]:
+        slot, shard, _ = self._in_flight.pop(ref)
+        name = shard["name"]
+        try:
+            out = ray.get(ref)
+        except ray.exceptions.RayTaskError as exc:
+            # render_shard raised (not a material failure): the actor lives but may be unwell.
+            error = f"{type(exc.cause).__name__}: {exc.cause}" if exc.cause else str(exc)
+            self._retire(slot)
+            yield from self._failed(shard, error, queue, attempts, slot)
+            return
+        except ray.exceptions.RayError as exc:
+            self.crashes += 1
+            logger.warning(
+                "worker %d died while rendering %s (%s)", slot.serial, name, type(exc).__name__
+            )
+            self._retire(slot)
+            yield from self._failed(
+                shard, f"worker died ({type(exc).__name__})", queue, attempts, slot
+            )
+            return
+        slot.shards += 1
+        yield ShardOutcome(
+            name, out["sidecar"], None, attempts.get(name, 0) + 1, f"worker {slot.serial}"
+        )
+        over_memory = self.max_rss_mb and out["rss_mb"] > self.max_rss_mb
+        if (self.recycle_after_shards and slot.shards >= self.recycle_after_shards) or over_memory:
+            logger.info(
+                "recycling worker %d after %d shards (%.0f MB resident)",
+                slot.serial,
+                slot.shards,
+                out["rss_mb"],
+            )
+            self.recycled += 1
+            self._retire(slot)
+
+    def _failed(
+        self, shard: dict, error: str, queue: deque, attempts: dict[str, int], slot: _Slot
+    ) -> Iterator[ShardOutcome]:
+        name = shard["name"]
+        attempts[name] = attempts.get(name, 0) + 1
+        if attempts[name] < self.shard_attempts:
+            logger.warning(
+                "re-queueing %s (attempt %d of %d failed: %s)",
+                name,
+                attempts[name],
+                self.shard_attempts,
+                error,
+            )
+            queue.appendleft(shard)
+            return
+        yield ShardOutcome(name, None, error, attempts[name], f"worker {slot.serial}")
+
+    def _expire(self, queue: deque, attempts: dict[str, int]) -> Iterator[ShardOutcome]:
+        now = time.monotonic()
+        for ref, (slot, shard, since) in list(self._in_flight.items()):
+            if now - since > self.shard_timeout_s:
+                del self._in_flight[ref]
+                logger.warning(
+                    "%s exceeded %.0f s on worker %d: killing it",
+                    shard["name"],
+                    self.shard_timeout_s,
+                    slot.serial,
+                )
+                self._retire(slot)
+                error = f"timeout after {self.shard_timeout_s:.0f} s"
+                yield from self._failed(shard, error, queue, attempts, slot)
+
+    def close(self) -> None:
+        for slot in list(self._slots):
+            ray.kill(slot.actor, no_restart=True)
+        self._slots.clear()

@@ -1,0 +1,361 @@
+"""Dataset specs: the strict, typed TOML file that says what to render and how.
+
+A spec names the catalogs, the split, views per sample, render settings, camera and light
+ranges, shard size, seed and output URL. Every key is checked: an unknown key, a wrong type
+or an out-of-range value is an error that names the file and the key to fix.
+
+    from render.spec import load_spec
+    spec = load_spec("manifests/tiny.toml", overrides=["render.samples=4"])
+
+Overrides are ``section.key=value`` strings whose value is parsed as TOML
+(``render.passes=["mask"]``, ``dataset.output="s3://bucket/tiny"``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from phieat.schema import (
+    IMAGE_FORMATS,
+    VIEW_TRANSFORMS,
+    SchemaError,
+    hash_obj,
+    validate_material_id,
+)
+
+BACKGROUND_MODES = ("hdri", "plain", "random", "blur")
+PASSES = ("mask", "matid")
+SPLITS = ("train", "val", "test")
+
+
+class SpecError(ValueError):
+    """A dataset spec that cannot be used; the message names the file and key to fix."""
+
+
+@dataclass(frozen=True)
+class DatasetSection:
+    """What to render: the dataset's name, size, layout and where it goes."""
+
+    name: str
+    output: str
+    seed: int = 0
+    views: int = 4
+    samples_per_material: int = 1
+    shard_size: int = 64
+    max_materials: int = 0
+    resample_on_growth: bool = False
+
+
+@dataclass(frozen=True)
+class CatalogSection:
+    """Catalog files (relative to the spec file) and which split of each to draw from."""
+
+    materials: str = "materials.jsonl"
+    meshes: str = "meshes.jsonl"
+    lights: str = "lights.jsonl"
+    split: list[str] = field(default_factory=lambda: ["train"])
+    mesh_split: list[str] = field(default_factory=list)
+    light_split: list[str] = field(default_factory=list)
+    categories: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RenderSection:
+    """Cycles and output settings, copied into every view job's ``render`` record."""
+
+    resolution: int = 256
+    samples: int = 32
+    denoise: bool = True
+    bounces: int = 4
+    image_format: str = "jpg"
+    jpeg_quality: int = 92
+    view_transform: str = "Standard"
+    passes: list[str] = field(default_factory=list)
+    background: str = "hdri"
+    background_color: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+
+
+@dataclass(frozen=True)
+class CameraSection:
+    """Uniform ranges ``[low, high]``; distance is in bounding-sphere radii, angles in degrees."""
+
+    distance: list[float] = field(default_factory=lambda: [2.4, 3.2])
+    elevation: list[float] = field(default_factory=lambda: [5.0, 45.0])
+    azimuth: list[float] = field(default_factory=lambda: [0.0, 360.0])
+    lens_mm: list[float] = field(default_factory=lambda: [50.0, 50.0])
+
+
+@dataclass(frozen=True)
+class LightingSection:
+    """Light rotation about world Z (degrees) and exposure multiplier ranges."""
+
+    rotation: list[float] = field(default_factory=lambda: [0.0, 360.0])
+    strength: list[float] = field(default_factory=lambda: [0.8, 1.25])
+
+
+@dataclass(frozen=True)
+class BuildSection:
+    """How a build runs. None of these change the pixels, so they are not in the version hash."""
+
+    workers: int = 0
+    threads_per_worker: int = 1
+    gpus_per_worker: float = 0.0
+    max_retries: int = 2
+    shard_attempts: int = 3
+    max_failure_fraction: float = 0.02
+    recycle_after_shards: int = 50
+    max_worker_rss_mb: float = 6000.0
+    shard_timeout_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A whole dataset spec. ``path`` is the file it came from (catalogs resolve against it)."""
+
+    dataset: DatasetSection
+    catalogs: CatalogSection = field(default_factory=CatalogSection)
+    render: RenderSection = field(default_factory=RenderSection)
+    camera: CameraSection = field(default_factory=CameraSection)
+    lighting: LightingSection = field(default_factory=LightingSection)
+    build: BuildSection = field(default_factory=BuildSection)
+    path: str = ""
+
+    def catalog_path(self, which: str) -> Path:
+        """Absolute path of the ``materials`` / ``meshes`` / ``lights`` catalog."""
+        raw = Path(getattr(self.catalogs, which))
+        if raw.is_absolute() or not self.path:
+            return raw
+        return Path(self.path).resolve().parent / raw
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved spec as plain data (saved beside outputs; ``path`` left out)."""
+        data = dataclasses.asdict(self)
+        data.pop("path")
+        return data
+
+    def render_settings(self) -> dict[str, Any]:
+        """Everything that changes what a sample looks like: the dataset version hashes this."""
+        data = self.to_dict()
+        dataset = dict(data["dataset"])
+        dataset.pop("output")
+        catalogs = dict(data["catalogs"])
+        for name in ("materials", "meshes", "lights"):
+            catalogs.pop(name)
+        return {
+            "dataset": dataset,
+            "catalogs": catalogs,
+            "render": data["render"],
+            "camera": data["camera"],
+            "lighting": data["lighting"],
+        }
+
+    def spec_hash(self) -> str:
+        return hash_obj(self.render_settings())
+
+
+SECTIONS = {
+    "dataset": DatasetSection,
+    "catalogs": CatalogSection,
+    "render": RenderSection,
+    "camera": CameraSection,
+    "lighting": LightingSection,
+    "build": BuildSection,
+}
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def load_spec(path: str | Path, overrides: list[str] | None = None) -> Spec:
+    """Read and check a TOML spec; ``overrides`` are ``section.key=value`` strings."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise SpecError(f"spec file {path} does not exist") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(f"spec file {path} is not valid TOML: {exc}") from exc
+    for item in overrides or []:
+        apply_override(raw, item, str(path))
+    return spec_from_dict(raw, str(path))
+
+
+def apply_override(raw: dict[str, Any], item: str, where: str = "spec") -> None:
+    """Apply one ``section.key=value`` override (value parsed as TOML, else a bare string)."""
+    name, sep, text = item.partition("=")
+    section, dot, key = name.strip().partition(".")
+    if not sep or not dot or not key:
+        raise SpecError(
+            f"override {item!r} must look like section.key=value, e.g. render.samples=8"
+        )
+    try:
+        value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text
+    raw.setdefault(section, {})[key] = value
+
+
+def spec_from_dict(raw: dict[str, Any], where: str = "spec") -> Spec:
+    """Build a ``Spec`` from decoded TOML, rejecting unknown sections/keys and bad values."""
+    unknown = sorted(set(raw) - set(SECTIONS))
+    if unknown:
+        raise SpecError(_unknown(where, "", unknown[0], SECTIONS))
+    if "dataset" not in raw:
+        raise SpecError(f"{where}: missing the [dataset] section (needs at least name and output)")
+    sections = {
+        name: _build_section(cls, raw.get(name, {}), where, name) for name, cls in SECTIONS.items()
+    }
+    spec = Spec(path=str(where), **sections)
+    _check(spec, where)
+    return spec
+
+
+def _unknown(where: str, section: str, key: str, known: Any) -> str:
+    close = difflib.get_close_matches(key, list(known), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    place = f"[{section}].{key}" if section else f"[{key}]"
+    return f"{where}: unknown key {place}{hint}; known: {', '.join(sorted(known))}"
+
+
+def _build_section(cls: type, table: Any, where: str, section: str) -> Any:
+    if not isinstance(table, dict):
+        raise SpecError(f"{where}: [{section}] must be a table")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in table:
+        if key not in fields:
+            raise SpecError(_unknown(where, section, key, fields))
+    values = {}
+    for name, f in fields.items():
+        if name in table:
+            values[name] = _coerce(table[name], hints[name], f"{where}: [{section}].{name}", name)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise SpecError(f"{where}: [{section}] is missing the required key {name!r}")
+    return cls(**values)
+
+
+def _coerce(value: Any, hint: Any, where: str, name: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if name in ("split", "mesh_split", "light_split") and isinstance(value, str):
+            value = [value]  # a single split may be written as a string
+        if not isinstance(value, list):
+            raise SpecError(f"{where} must be a list, got {value!r}")
+        return [_coerce(v, item, f"{where}[{i}]", name) for i, v in enumerate(value)]
+    if origin in (typing.Union, types.UnionType):
+        raise SpecError(f"{where}: unsupported type {hint}")
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise SpecError(f"{where} must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise SpecError(f"{where} must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise SpecError(f"{where} must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise SpecError(f"{where} must be a string, got {value!r}")
+        return value
+    raise SpecError(f"{where}: unsupported type {hint}")
+
+
+def _check(spec: Spec, where: str) -> None:
+    d, r, b = spec.dataset, spec.render, spec.build
+
+    def need(ok: bool, key: str, message: str) -> None:
+        if not ok:
+            raise SpecError(f"{where}: {key} {message}")
+
+    try:
+        validate_material_id(d.name)
+    except SchemaError as exc:
+        raise SpecError(f"{where}: [dataset].name: {exc}") from exc
+    need(bool(d.output), "[dataset].output", "must name a folder or fsspec URL")
+    need(d.views >= 2, "[dataset].views", f"must be >= 2 (views of one material), got {d.views}")
+    need(d.samples_per_material >= 1, "[dataset].samples_per_material", "must be >= 1")
+    need(d.shard_size >= 1, "[dataset].shard_size", "must be >= 1")
+    need(d.max_materials >= 0, "[dataset].max_materials", "must be >= 0 (0 = all)")
+    need(0 <= d.seed < 2**63, "[dataset].seed", "must be a non-negative 64-bit integer")
+    for key in ("split", "mesh_split", "light_split"):
+        for split in getattr(spec.catalogs, key):
+            need(
+                split in SPLITS + ("all",),
+                f"[catalogs].{key}",
+                f"has {split!r}; use {SPLITS} or 'all'",
+            )
+    need(bool(spec.catalogs.split), "[catalogs].split", "must name at least one split")
+    need(16 <= r.resolution <= 8192, "[render].resolution", "must be within 16..8192 pixels")
+    need(r.samples >= 1, "[render].samples", "must be >= 1")
+    need(r.bounces >= 0, "[render].bounces", "must be >= 0")
+    need(
+        r.image_format in IMAGE_FORMATS,
+        "[render].image_format",
+        f"must be one of {sorted(IMAGE_FORMATS)}",
+    )
+    need(1 <= r.jpeg_quality <= 100, "[render].jpeg_quality", "must be within 1..100")
+    need(
+        r.view_transform in VIEW_TRANSFORMS,
+        "[render].view_transform",
+        f"must be one of {list(VIEW_TRANSFORMS)}",
+    )
+    for p in r.passes:
+        need(p in PASSES, "[render].passes", f"has {p!r}; allowed: {list(PASSES)}")
+    need(len(set(r.passes)) == len(r.passes), "[render].passes", "lists a pass twice")
+    need(
+        r.background in BACKGROUND_MODES,
+        "[render].background",
+        f"must be one of {list(BACKGROUND_MODES)}",
+    )
+    need(len(r.background_color) == 3, "[render].background_color", "must be [r, g, b]")
+    for section, names in (
+        ("camera", ("distance", "elevation", "azimuth", "lens_mm")),
+        ("lighting", ("rotation", "strength")),
+    ):
+        for name in names:
+            lo_hi = getattr(getattr(spec, section), name)
+            need(
+                len(lo_hi) == 2 and lo_hi[0] <= lo_hi[1],
+                f"[{section}].{name}",
+                f"must be a range [low, high] with low <= high, got {lo_hi}",
+            )
+    need(
+        spec.camera.distance[0] > 1.0,
+        "[camera].distance",
+        "must start above 1.0 (the camera would sit inside the object)",
+    )
+    need(spec.camera.lens_mm[0] > 0, "[camera].lens_mm", "must be positive")
+    need(spec.lighting.strength[0] > 0, "[lighting].strength", "must be positive")
+    need(b.workers >= 0, "[build].workers", "must be >= 0 (0 = one per free core group)")
+    need(b.threads_per_worker >= 1, "[build].threads_per_worker", "must be >= 1")
+    need(b.gpus_per_worker >= 0, "[build].gpus_per_worker", "must be >= 0")
+    need(b.max_retries >= 0, "[build].max_retries", "must be >= 0")
+    need(b.shard_attempts >= 1, "[build].shard_attempts", "must be >= 1")
+    need(0 <= b.max_failure_fraction <= 1, "[build].max_failure_fraction", "must be within 0..1")
+    need(b.recycle_after_shards >= 0, "[build].recycle_after_shards", "must be >= 0 (0 = never)")
+    need(b.shard_timeout_s >= 0, "[build].shard_timeout_s", "must be >= 0 (0 = no timeout)")
+
+
+def replace_build(spec: Spec, **changes: Any) -> Spec:
+    """A copy of ``spec`` with some ``[build]`` values changed (command-line options)."""
+    build = dataclasses.replace(spec.build, **{k: v for k, v in changes.items() if v is not None})
+    out = dataclasses.replace(spec, build=build)
+    _check(out, spec.path or "spec")
+    return out
+
+
+def replace_output(spec: Spec, output: str | None) -> Spec:
+    if not output:
+        return spec
+    return dataclasses.replace(spec, dataset=dataclasses.replace(spec.dataset, output=output))

@@ -1,0 +1,228 @@
+"""Where datasets live: small fsspec helpers for local folders and remote URLs.
+
+Every output goes through here, so a dataset can be written to ``out/tiny``,
+``file:///data/tiny``, ``s3://bucket/tiny`` or (in one process) ``memory://tiny`` alike.
+Writes are atomic: bytes go to a temporary name beside the target, then are renamed (local
+file systems) or moved (object stores, where an upload itself is atomic). A reader never
+sees a half-written file.
+
+    from render import storage
+    storage.write_bytes(storage.join("s3://bucket/tiny", "index.json"), data)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+
+class StorageError(RuntimeError):
+    """A dataset location cannot be read or written as asked."""
+
+
+class LockedError(StorageError):
+    """Another build holds the lock of this dataset version."""
+
+
+def url_to_fs(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """``(filesystem, path)`` for a local path or any fsspec URL."""
+    try:
+        fs, path = fsspec.core.url_to_fs(str(url))
+    except (ImportError, ValueError) as exc:
+        raise StorageError(f"cannot open {url!r}: {exc}") from exc
+    return fs, path
+
+
+def is_local(url: str) -> bool:
+    return isinstance(url_to_fs(url)[0], LocalFileSystem)
+
+
+def is_process_local(url: str) -> bool:
+    """True for ``memory://``: other processes (Ray workers) cannot see what is written there."""
+    return url_to_fs(url)[0].protocol in ("memory", ("memory",))
+
+
+def join(url: str, *names: str) -> str:
+    """Join path parts onto a folder path or URL with ``/``."""
+    out = str(url).rstrip("/")
+    for name in names:
+        out = f"{out}/{name.strip('/')}"
+    return out
+
+
+def exists(url: str) -> bool:
+    fs, path = url_to_fs(url)
+    return fs.exists(path)
+
+
+def size(url: str) -> int:
+    fs, path = url_to_fs(url)
+    return int(fs.size(path))
+
+
+def read_bytes(url: str) -> bytes:
+    fs, path = url_to_fs(url)
+    try:
+        return fs.cat_file(path)
+    except FileNotFoundError as exc:
+        raise StorageError(f"{url} does not exist") from exc
+
+
+def read_json(url: str) -> Any:
+    data = read_bytes(url)
+    try:
+        return json.loads(data)
+    except json.JSONDecodeError as exc:
+        raise StorageError(f"{url} is not valid JSON: {exc}") from exc
+
+
+def list_names(url: str) -> list[str]:
+    """Base names of the files directly inside a folder/prefix (empty if it does not exist)."""
+    fs, path = url_to_fs(url)
+    if not fs.exists(path):
+        return []
+    return sorted(Path(p.rstrip("/")).name for p in fs.ls(path, detail=False))
+
+
+def _tmp_name(path: str) -> str:
+    parent, _, name = path.rstrip("/").rpartition("/")
+    tmp = f".{name}.tmp-{uuid.uuid4().hex[:12]}"
+    return f"{parent}/{tmp}" if parent else tmp
+
+
+def write_bytes(url: str, data: bytes) -> None:
+    """Write ``data`` to ``url`` atomically (temporary name beside it, then rename/move)."""
+    fs, path = url_to_fs(url)
+    if isinstance(fs, LocalFileSystem):
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(_tmp_name(str(target)))
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return
+    parent = path.rstrip("/").rpartition("/")[0]
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    tmp = _tmp_name(path)
+    fs.pipe_file(tmp, data)
+    fs.mv(tmp, path)
+
+
+def write_json(url: str, obj: Any, indent: int | None = 1) -> None:
+    write_bytes(url, (json.dumps(obj, indent=indent, sort_keys=True) + "\n").encode("utf-8"))
+
+
+def put_file(local_path: str | Path, url: str) -> None:
+    """Publish a finished local file at ``url`` atomically (rename locally, upload remotely)."""
+    fs, path = url_to_fs(url)
+    if isinstance(fs, LocalFileSystem):
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(_tmp_name(str(target)))
+        try:
+            if Path(local_path).stat().st_dev == target.parent.stat().st_dev:
+                os.link(local_path, tmp)  # same device: no copy needed
+            else:
+                with open(local_path, "rb") as src, open(tmp, "wb") as dst:
+                    while chunk := src.read(1 << 22):
+                        dst.write(chunk)
+                    dst.flush()
+                    os.fsync(dst.fileno())
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return
+    parent = path.rstrip("/").rpartition("/")[0]
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    tmp = _tmp_name(path)
+    fs.put_file(str(local_path), tmp)
+    fs.mv(tmp, path)
+
+
+def remove(url: str) -> None:
+    fs, path = url_to_fs(url)
+    with contextlib.suppress(FileNotFoundError):
+        fs.rm_file(path)
+
+
+# ----------------------------------------------------------------------------- lock
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _lock_is_stale(info: dict[str, Any]) -> bool:
+    """A lock left by a dead process on this host is stale; others are trusted."""
+    if info.get("host") != socket.gethostname():
+        return False
+    pid = info.get("pid")
+    return isinstance(pid, int) and not _pid_alive(pid)
+
+
+@contextlib.contextmanager
+def lock(url: str, force: bool = False) -> Iterator[dict[str, Any]]:
+    """Hold ``url`` (a lock file) while the block runs; raises ``LockedError`` if taken.
+
+    Local files are created with ``O_EXCL``. Object stores have no exclusive create, so there
+    the lock is check-then-write: good against a second build started by mistake, not against
+    a race within the same second. A lock left by a dead process on this host is taken over.
+    """
+    info = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}
+    body = json.dumps(info).encode("utf-8")
+    fs, path = url_to_fs(url)
+    for _ in range(2):
+        if isinstance(fs, LocalFileSystem):
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                pass
+            else:
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(body)
+                break
+        elif not fs.exists(path):
+            write_bytes(url, body)
+            break
+        try:
+            held = json.loads(read_bytes(url))
+        except (StorageError, json.JSONDecodeError):
+            held = {}
+        if force or _lock_is_stale(held):
+            remove(url)
+            continue
+        raise LockedError(
+            f"{url} is held by pid {held.get('pid')} on {held.get('host')} since "
+            f"{time.ctime(held.get('since', 0))}: another build of this dataset is running. "
+            "If it is not, delete the lock file or pass --force-unlock."
+        )
+    else:
+        raise LockedError(f"could not take the lock {url}")
+    try:
+        yield info
+    finally:
+        remove(url)

@@ -1,0 +1,211 @@
+"""Check a finished dataset version against its index, sidecars and the shard schema.
+
+    phieat-render verify out/tiny                 # the latest version of a dataset
+    phieat-render verify out/tiny/v-1a2b3c4d5e6f  # one version folder
+    phieat-render verify s3://bucket/tiny --quick # sizes and sidecars only, no tar reading
+
+Every shard listed in ``index.json`` must exist with the listed size and sha256 and agree
+with its sidecar; every sample must pass ``phieat.schema.validate_sample``, have exactly the
+index's number of views, decodable images, and a key that appears once in the dataset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from PIL import Image
+
+from phieat.schema import (
+    IMAGE_FORMATS,
+    INDEX_NAME,
+    SchemaError,
+    parse_key,
+    sidecar_name,
+    validate_index,
+    validate_sample,
+)
+from render import storage
+from render.build import resolve_dataset_url
+
+EXR_MAGIC = b"\x76\x2f\x31\x01"
+
+
+@dataclass
+class VerifyReport:
+    """Problems found (empty means the dataset is good) and what was checked."""
+
+    url: str
+    shards: int = 0
+    samples: int = 0
+    images: int = 0
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def summary(self) -> str:
+        head = "OK" if self.ok else f"{len(self.problems)} PROBLEM(S)"
+        lines = [
+            f"{head}: {self.url}",
+            f"checked {self.shards} shards, {self.samples} samples, {self.images} images",
+        ]
+        lines += [f"  problem: {p}" for p in self.problems[:50]]
+        if len(self.problems) > 50:
+            lines.append(f"  ... {len(self.problems) - 50} more problems")
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def iter_tar_samples(url: str) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """``(key, {member: bytes})`` per sample of a shard, in tar order (streamed)."""
+    fs, path = storage.url_to_fs(url)
+    with fs.open(path, "rb") as fh, tarfile.open(fileobj=fh, mode="r|") as tar:
+        key, members = None, {}
+        for info in tar:
+            if not info.isfile():
+                continue
+            base, _, member = info.name.partition(".")
+            data = tar.extractfile(info).read()
+            if base != key:
+                if key is not None:
+                    yield key, members
+                key, members = base, {}
+            members[member.lower()] = data
+        if key is not None:
+            yield key, members
+
+
+def _decode(name: str, data: bytes) -> str | None:
+    """None if ``data`` decodes as the image its member name says, else the reason."""
+    if name.endswith(".exr"):
+        return None if data[:4] == EXR_MAGIC else "not an OpenEXR file"
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            if name.endswith(".matid.png") and img.mode not in ("I;16", "I", "I;16B"):
+                return f"material-index image has mode {img.mode}, expected 16-bit"
+    except Exception as exc:  # noqa: BLE001 - any decoder error is a problem to report
+        return f"cannot decode ({type(exc).__name__}: {exc})"
+    return None
+
+
+def verify_dataset(url: str, deep: bool = True) -> VerifyReport:
+    """Verify a dataset version (or the latest version under a build output)."""
+    try:
+        version_url = resolve_dataset_url(url)
+    except storage.StorageError as exc:
+        return VerifyReport(url, problems=[str(exc)])
+    report = VerifyReport(version_url)
+    try:
+        index = storage.read_json(storage.join(version_url, INDEX_NAME))
+        validate_index(index)
+    except (storage.StorageError, SchemaError) as exc:
+        report.problems.append(f"{INDEX_NAME}: {exc}")
+        return report
+    views, fmt = index["views_per_sample"], index["image_format"]
+    if not index["complete"]:
+        report.problems.append(f"{INDEX_NAME} says the build is not complete")
+    listed = {s["name"] for s in index["shards"]}
+    on_disk = {
+        n for n in storage.list_names(version_url) if n.startswith("shard-") and n.endswith(".tar")
+    }
+    if on_disk - listed:
+        report.notes.append(
+            f"shards not in the index (a build in progress?): {sorted(on_disk - listed)}"
+        )
+    keys: dict[str, str] = {}
+    for shard in index["shards"]:
+        report.shards += 1
+        _verify_shard(report, version_url, shard, views, fmt, keys, deep)
+    indexed = sum(s["samples"] for s in index["shards"])
+    if deep and report.samples != indexed:
+        report.problems.append(f"index lists {indexed} samples, shards hold {report.samples}")
+    if index["failures"]:
+        report.notes.append(f"{len(index['failures'])} failed samples recorded in failures.jsonl")
+    return report
+
+
+def _verify_shard(
+    report: VerifyReport,
+    version_url: str,
+    shard: dict,
+    views: int,
+    fmt: str,
+    keys: dict[str, str],
+    deep: bool,
+) -> None:
+    name = shard["name"]
+    tar_url = storage.join(version_url, name)
+    if not storage.exists(tar_url):
+        report.problems.append(f"{name}: listed in the index but missing")
+        return
+    size = storage.size(tar_url)
+    if size != shard["bytes"]:
+        report.problems.append(f"{name}: {size} bytes, index says {shard['bytes']} (truncated?)")
+    side_url = storage.join(version_url, sidecar_name(name))
+    if not storage.exists(side_url):
+        report.problems.append(f"{name}: sidecar {sidecar_name(name)} is missing")
+    else:
+        sidecar = storage.read_json(side_url)
+        for field_name in ("sha256", "bytes", "plan_hash", "samples"):
+            if sidecar.get(field_name) != shard[field_name]:
+                report.problems.append(
+                    f"{name}: sidecar {field_name} {sidecar.get(field_name)!r} differs from the "
+                    f"index ({shard[field_name]!r})"
+                )
+    if not deep:
+        return
+    digest = hashlib.sha256(storage.read_bytes(tar_url)).hexdigest()
+    if digest != shard["sha256"]:
+        report.problems.append(f"{name}: sha256 {digest[:16]}... differs from the index (corrupt)")
+    count = 0
+    ext = IMAGE_FORMATS[fmt]
+    try:
+        for key, members in iter_tar_samples(tar_url):
+            count += 1
+            _verify_sample(report, name, key, members, views, fmt, ext, keys)
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        report.problems.append(f"{name}: cannot read the tar ({exc}): truncated or corrupt")
+        return
+    report.samples += count
+    if count != shard["samples"]:
+        report.problems.append(f"{name}: holds {count} samples, index says {shard['samples']}")
+
+
+def _verify_sample(
+    report: VerifyReport,
+    shard: str,
+    key: str,
+    members: dict[str, bytes],
+    views: int,
+    fmt: str,
+    ext: str,
+    keys: dict[str, str],
+) -> None:
+    where = f"{shard}: {key}"
+    if key in keys:
+        report.problems.append(f"{where}: key also in {keys[key]} (duplicate sample)")
+    keys[key] = shard
+    try:
+        parse_key(key)
+        meta = validate_sample({"__key__": key, **members}, image_format=fmt)
+    except SchemaError as exc:
+        report.problems.append(f"{where}: {exc}")
+        return
+    if len(meta["views"]) != views:
+        report.problems.append(f"{where}: {len(meta['views'])} views, the index says {views}")
+    for member, data in sorted(members.items()):
+        if member == "json":
+            continue
+        if member.endswith(f".{ext}") or member.endswith(".png"):
+            if member.startswith("view") and member.count(".") == 1:
+                report.images += 1
+            reason = _decode(member, data)
+            if reason:
+                report.problems.append(f"{where}.{member}: {reason}")
