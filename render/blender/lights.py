@@ -1,0 +1,193 @@
+"""Lighting for a view: HDRI environments, Blender's physical sky and procedural studio rigs.
+
+``setup_light(scene, entry, rotation_deg, strength)`` rebuilds the scene's world node tree
+and the studio rig (area lights under one parent empty) for one light catalog entry. HDRI
+paths of the form ``bpy:studiolights/world/city.exr`` resolve inside the bpy wheel, so the
+8 bundled CC0 environments are used in place and never copied. Loaded images are cached by
+path and released by ``BlenderSession.reset``.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import bpy
+
+BUNDLED_PREFIX = "bpy:"
+RIG_NAME = "phieat-rig"
+WORLD_NAME = "phieat-world"
+SKY_TYPES = ("SINGLE_SCATTERING", "MULTIPLE_SCATTERING", "PREETHAM", "HOSEK_WILKIE")
+
+
+class LightBuildError(ValueError):
+    """A light entry cannot be built (missing HDRI file, unknown kind or sky type)."""
+
+
+def resolve_hdri_path(path: str, base_dir: Path | None = None) -> Path:
+    """Resolve ``bpy:...`` paths inside the bpy data files, relative paths against ``base_dir``."""
+    if path.startswith(BUNDLED_PREFIX):
+        rel = path[len(BUNDLED_PREFIX) :]
+        folder, _, name = rel.rpartition("/")
+        root = bpy.utils.system_resource("DATAFILES", path=folder)
+        resolved = Path(root) / name
+    else:
+        resolved = Path(path)
+        if not resolved.is_absolute() and base_dir is not None:
+            resolved = base_dir / resolved
+    if not resolved.is_file():
+        raise LightBuildError(f"HDRI file {path!r} not found (looked at {resolved})")
+    return resolved
+
+
+def _load_image(path: Path) -> bpy.types.Image:
+    key = str(path)
+    for image in bpy.data.images:
+        if image.filepath == key:
+            return image
+    try:
+        image = bpy.data.images.load(key, check_existing=True)
+    except RuntimeError as exc:
+        raise LightBuildError(f"cannot read HDRI {path}: {exc}") from exc
+    image.colorspace_settings.name = "Linear Rec.709"
+    return image
+
+
+def _world(scene: bpy.types.Scene) -> bpy.types.World:
+    world = bpy.data.worlds.get(WORLD_NAME) or bpy.data.worlds.new(WORLD_NAME)
+    scene.world = world
+    world.node_tree.nodes.clear()
+    return world
+
+
+def _clear_rig() -> None:
+    rig = bpy.data.objects.get(RIG_NAME)
+    if rig is None:
+        return
+    for child in list(rig.children):
+        data = child.data
+        bpy.data.objects.remove(child)
+        if data is not None and data.users == 0:
+            bpy.data.lights.remove(data)
+    bpy.data.objects.remove(rig)
+
+
+def kelvin_to_rgb(kelvin: float) -> tuple[float, float, float]:
+    """Approximate linear RGB of a black body (1,000-40,000 K), normalised to max 1."""
+    t = kelvin / 100.0
+    if t <= 66:
+        r = 1.0
+        g = max(0.0, min(1.0, (99.4708025861 * math.log(t) - 161.1195681661) / 255))
+        b = (
+            0.0
+            if t <= 19
+            else max(0.0, min(1.0, (138.5177312231 * math.log(t - 10) - 305.0447927307) / 255))
+        )
+    else:
+        r = max(0.0, min(1.0, 329.698727446 * (t - 60) ** -0.1332047592 / 255))
+        g = max(0.0, min(1.0, 288.1221695283 * (t - 60) ** -0.0755148492 / 255))
+        b = 1.0
+    # sRGB-encoded values -> linear
+    return tuple(c**2.2 for c in (r, g, b))
+
+
+def setup_light(
+    scene: bpy.types.Scene,
+    entry: dict,
+    rotation_deg: float,
+    strength: float,
+    base_dir: Path | None = None,
+) -> None:
+    """Make ``entry`` the scene's lighting, rotated ``rotation_deg`` about Z, scaled ``strength``."""
+    _clear_rig()
+    world = _world(scene)
+    nodes, links = world.node_tree.nodes, world.node_tree.links
+    out = nodes.new("ShaderNodeOutputWorld")
+    bg = nodes.new("ShaderNodeBackground")
+    links.new(bg.outputs["Background"], out.inputs["Surface"])
+    kind = entry.get("kind")
+    params = entry.get("params") or {}
+    rot = math.radians(rotation_deg)
+    if kind in ("hdri", "sky"):
+        coord = nodes.new("ShaderNodeTexCoord")
+        mapping = nodes.new("ShaderNodeMapping")
+        mapping.inputs["Rotation"].default_value = (0.0, 0.0, rot)
+        links.new(coord.outputs["Generated"], mapping.inputs["Vector"])
+        if kind == "hdri":
+            tex = nodes.new("ShaderNodeTexEnvironment")
+            tex.image = _load_image(resolve_hdri_path(entry["path"], base_dir))
+            bg.inputs["Strength"].default_value = strength * float(params.get("strength", 1.0))
+        else:
+            tex = nodes.new("ShaderNodeTexSky")
+            sky_type = params.get("sky_type", "MULTIPLE_SCATTERING")
+            if sky_type not in SKY_TYPES:
+                raise LightBuildError(f"sky_type {sky_type!r} is not one of {list(SKY_TYPES)}")
+            tex.sky_type = sky_type
+            elevation = math.radians(float(params.get("sun_elevation", 30.0)))
+            # The sky node has no vector input in Blender 5: rotate the sun instead.
+            azimuth = math.radians(float(params.get("sun_azimuth", 0.0))) + rot
+            if sky_type in ("PREETHAM", "HOSEK_WILKIE"):
+                tex.turbidity = float(params.get("turbidity", 2.5))
+                tex.ground_albedo = float(params.get("ground_albedo", 0.3))
+                tex.sun_direction = (
+                    math.cos(elevation) * math.sin(azimuth),
+                    math.cos(elevation) * math.cos(azimuth),
+                    math.sin(elevation),
+                )
+            else:
+                tex.sun_elevation = elevation
+                tex.sun_rotation = azimuth
+                tex.altitude = float(params.get("altitude", 0.0))
+                tex.air_density = float(params.get("air", 1.0))
+                tex.aerosol_density = float(
+                    params.get("aerosol", params.get("turbidity", 2.5) / 2.5)
+                )
+                tex.ozone_density = float(params.get("ozone", 1.0))
+                tex.sun_intensity = float(params.get("sun_intensity", 1.0))
+            # Physical sky radiance is ~30x an indoor HDRI: bring it to a comparable exposure.
+            bg.inputs["Strength"].default_value = strength * float(params.get("strength", 0.03))
+        if "Vector" in tex.inputs:
+            links.new(mapping.outputs["Vector"], tex.inputs["Vector"])
+        links.new(tex.outputs["Color"], bg.inputs["Color"])
+    elif kind == "studio":
+        ambient = params.get("ambient", [0.05, 0.05, 0.05])
+        bg.inputs["Color"].default_value = (*[float(c) for c in ambient], 1.0)
+        bg.inputs["Strength"].default_value = strength
+        rig = bpy.data.objects.new(RIG_NAME, None)
+        scene.collection.objects.link(rig)
+        rig.rotation_euler = (0.0, 0.0, rot)
+        for i, lamp in enumerate(params.get("lights", [])):
+            light = bpy.data.lights.new(f"{RIG_NAME}-{i}", type="AREA")
+            light.shape = "RECTANGLE"
+            light.size = float(lamp["size"][0])
+            light.size_y = float(lamp["size"][1])
+            light.energy = float(lamp["power_w"]) * strength
+            light.color = kelvin_to_rgb(float(lamp.get("kelvin", 5500)))
+            obj = bpy.data.objects.new(f"{RIG_NAME}-{i}", light)
+            scene.collection.objects.link(obj)
+            obj.parent = rig
+            el, az = math.radians(float(lamp["elevation"])), math.radians(float(lamp["azimuth"]))
+            dist = float(lamp["distance_m"])
+            obj.location = (
+                dist * math.cos(el) * math.sin(az),
+                -dist * math.cos(el) * math.cos(az),
+                dist * math.sin(el),
+            )
+            # Point the light's -Z axis at the origin.
+            direction = -obj.location.normalized()
+            obj.rotation_euler = direction.to_track_quat("-Z", "Y").to_euler()
+    elif kind == "color":
+        bg.inputs["Color"].default_value = (*[float(c) for c in params["color"]], 1.0)
+        bg.inputs["Strength"].default_value = strength
+    else:
+        raise LightBuildError(f"unknown light kind {kind!r} (hdri, sky, studio, color)")
+
+
+def release_images() -> None:
+    """Forget cached HDRI images (called by ``BlenderSession.reset``)."""
+    world = bpy.data.worlds.get(WORLD_NAME)
+    if world is not None:
+        world.node_tree.nodes.clear()
+    for image in list(bpy.data.images):
+        if image.users == 0:
+            bpy.data.images.remove(image)

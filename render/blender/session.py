@@ -1,0 +1,480 @@
+"""A long-lived Blender (bpy + Cycles) process that renders view jobs.
+
+Usage (inside a worker process; importing this module imports bpy)::
+
+    from render.blender.session import BlenderSession
+    session = BlenderSession(threads=2)
+    view = session.render_view(job)      # job: the view-job dict of the planner
+    open("view0.jpg", "wb").write(view.image)
+    session.reset()                      # between shards: purge datablocks, keep memory flat
+
+How a view is made: the mesh is built at real size and centred, the material and light come
+from their catalog entries, and Cycles renders with a transparent film and the Environment
+and Material Index passes. The passes are read back from an uncompressed EXR; the visible
+background (HDRI, blurred HDRI, plain or random colour) is composited in linear light under
+the object's alpha, then Blender's colour management (Standard or AgX view transform)
+encodes the final image. The mask is the object's alpha, the material-index image the
+Material Index pass. Same job and seed give identical bytes on CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from io import BytesIO
+from pathlib import Path
+
+import bpy
+import numpy as np
+from PIL import Image
+
+from phieat.schema import hash_obj
+from render.blender import lights, materials, meshes
+from render.blender.exr import read_passes
+from render.errors import RenderError
+
+logger = logging.getLogger("phieat.render")
+
+OBJECT_NAME = "phieat-object"
+CAMERA_NAME = "phieat-camera"
+OUTPUT_IMAGE = "phieat-output"
+BACKGROUND_MODES = ("hdri", "plain", "random", "blur")
+IMAGE_FORMATS = ("jpg", "png", "png16", "exr")
+VIEW_TRANSFORMS = ("Standard", "AgX")
+SENSOR_MM = 36.0
+CLAMP_INDIRECT = 10.0
+
+
+@dataclass
+class RenderedView:
+    """One rendered view: encoded image bytes, optional mask / material-index PNGs, metadata."""
+
+    image: bytes
+    mask: bytes | None
+    matid: bytes | None
+    meta: dict = field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def _silenced(active: bool) -> Iterator[None]:
+    """Redirect the process's stdout/stderr file descriptors (Cycles prints from C)."""
+    if not active:
+        yield
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, devnull):
+            os.close(fd)
+
+
+def _gaussian_blur(image: np.ndarray, sigma: float) -> np.ndarray:
+    """Separable Gaussian blur of an (H, W, C) array with edge padding."""
+    radius = max(1, int(3 * sigma))
+    x = np.arange(-radius, radius + 1, dtype=np.float64)
+    kernel = np.exp(-0.5 * (x / sigma) ** 2)
+    kernel /= kernel.sum()
+    out = image.astype(np.float64)
+    for axis in (0, 1):
+        pad = [(0, 0)] * out.ndim
+        pad[axis] = (radius, radius)
+        padded = np.pad(out, pad, mode="edge")
+        acc = np.zeros_like(out)
+        for i, k in enumerate(kernel):
+            sl = [slice(None)] * out.ndim
+            sl[axis] = slice(i, i + out.shape[axis])
+            acc += k * padded[tuple(sl)]
+        out = acc
+    return out.astype(np.float32)
+
+
+class BlenderSession:
+    """One bpy scene reused for many views (persistent data keeps the per-render cost low)."""
+
+    def __init__(self, threads: int = 1, device: str = "CPU", quiet: bool = True) -> None:
+        self.threads = int(threads)
+        self.device = device.upper()
+        self.quiet = quiet
+        self._tmp = Path(tempfile.mkdtemp(prefix="phieat-blender-"))
+        self._mesh_cache: dict[str, bpy.types.Mesh] = {}
+        self._base_dirs: dict[str, Path] = {}
+        self._light_key: str | None = None
+        with _silenced(self.quiet):
+            bpy.ops.wm.read_factory_settings(use_empty=True)
+        self._init_scene()
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def blender_version(self) -> str:
+        return bpy.app.version_string
+
+    @staticmethod
+    def rss_mb() -> float:
+        """Resident memory of this process in MiB (from /proc, or ru_maxrss elsewhere)."""
+        try:
+            with open("/proc/self/statm") as fh:
+                pages = int(fh.read().split()[1])
+            return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+        except OSError:
+            import resource
+
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    def set_base_dirs(
+        self,
+        materials_dir: Path | None = None,
+        meshes_dir: Path | None = None,
+        lights_dir: Path | None = None,
+    ) -> None:
+        """Folders that relative catalog paths (maps, mesh files, HDRIs) are resolved against."""
+        for key, value in (
+            ("materials", materials_dir),
+            ("meshes", meshes_dir),
+            ("lights", lights_dir),
+        ):
+            if value is not None:
+                self._base_dirs[key] = Path(value)
+
+    # ------------------------------------------------------------------ scene setup
+
+    def _init_scene(self) -> None:
+        scene = bpy.context.scene
+        self.scene = scene
+        scene.render.engine = "CYCLES"
+        scene.render.threads_mode = "FIXED"
+        scene.render.threads = self.threads
+        scene.render.use_persistent_data = True
+        scene.render.film_transparent = True
+        scene.render.use_compositing = False
+        scene.render.use_sequencer = False
+        scene.render.resolution_percentage = 100
+        scene.display_settings.display_device = "sRGB"
+        scene.view_settings.look = "None"
+        scene.view_settings.exposure = 0.0
+        scene.view_settings.gamma = 1.0
+        cycles = scene.cycles
+        cycles.use_adaptive_sampling = False
+        cycles.use_animated_seed = False
+        cycles.sample_clamp_indirect = CLAMP_INDIRECT
+        cycles.caustics_reflective = False
+        cycles.caustics_refractive = False
+        self._set_device()
+        layer = scene.view_layers[0]
+        layer.use_pass_combined = True
+        layer.use_pass_environment = True
+        layer.use_pass_material_index = True
+        layer.use_pass_z = False
+        cam_data = bpy.data.cameras.new(CAMERA_NAME)
+        cam_data.sensor_fit = "HORIZONTAL"
+        cam_data.sensor_width = SENSOR_MM
+        camera = bpy.data.objects.new(CAMERA_NAME, cam_data)
+        scene.collection.objects.link(camera)
+        scene.camera = camera
+        self.camera = camera
+
+    def _set_device(self) -> None:
+        cycles = self.scene.cycles
+        if self.device == "CPU":
+            cycles.device = "CPU"
+            return
+        prefs = bpy.context.preferences.addons["cycles"].preferences
+        kinds = (
+            ("OPTIX", "CUDA", "HIP", "ONEAPI", "METAL") if self.device == "GPU" else (self.device,)
+        )
+        for kind in kinds:
+            try:
+                prefs.compute_device_type = kind
+            except TypeError:
+                continue
+            prefs.get_devices()
+            gpus = [d for d in prefs.devices if d.type == kind]
+            if gpus:
+                for dev in prefs.devices:
+                    dev.use = dev.type == kind
+                cycles.device = "GPU"
+                logger.info("Cycles renders on %s: %s", kind, ", ".join(d.name for d in gpus))
+                return
+        raise RenderError("-", f"device {self.device!r} requested but no such GPU is visible")
+
+    # ------------------------------------------------------------------ per view
+
+    def _clear_object(self) -> None:
+        obj = bpy.data.objects.get(OBJECT_NAME)
+        if obj is None:
+            return
+        old_mats = [m for m in obj.data.materials if m is not None]
+        bpy.data.objects.remove(obj)
+        for mat in old_mats:
+            if mat.users == 0:
+                bpy.data.materials.remove(mat)
+
+    def _object(
+        self, mesh_entry: dict, material: bpy.types.Material
+    ) -> tuple[bpy.types.Object, float]:
+        key = f"{mesh_entry.get('id')}:{mesh_entry.get('size_m')}:{sorted((mesh_entry.get('params') or {}).items())!r}"
+        mesh = self._mesh_cache.get(key)
+        if mesh is None:
+            mesh = meshes.build_mesh(mesh_entry, self._base_dirs.get("meshes"))
+            self._mesh_cache[key] = mesh
+        mesh.materials.clear()
+        mesh.materials.append(material)
+        obj = bpy.data.objects.new(OBJECT_NAME, mesh)
+        self.scene.collection.objects.link(obj)
+        return obj, meshes.bounding_radius(mesh)
+
+    def _place_camera(self, cam: dict, radius: float, light_rotation: float) -> dict:
+        from mathutils import Matrix, Vector
+
+        distance = float(cam.get("distance", 3.0)) * radius
+        elevation = math.radians(float(cam.get("elevation", 20.0)))
+        azimuth = math.radians(float(cam.get("azimuth", 0.0)))
+        lens = float(cam.get("lens_mm", 50.0))
+        location = Vector(
+            (
+                distance * math.cos(elevation) * math.sin(azimuth),
+                -distance * math.cos(elevation) * math.cos(azimuth),
+                distance * math.sin(elevation),
+            )
+        )
+        # Rotating the light by +r about Z is the same picture as rotating object and camera
+        # by -r: the world stays untouched, and a world update costs Cycles ~1 s (it rebuilds
+        # the environment importance map), while moving objects is free.
+        spin = Matrix.Rotation(-math.radians(light_rotation), 3, "Z")
+        self.camera.location = spin @ location
+        self.camera.rotation_euler = (-(spin @ location)).to_track_quat("-Z", "Y").to_euler()
+        self.camera.data.lens = lens
+        self.camera.data.clip_start = max(1e-4, distance - 2.0 * radius) * 0.5
+        self.camera.data.clip_end = distance + 4.0 * radius
+        return {
+            "distance": float(cam.get("distance", 3.0)),
+            "elevation": math.degrees(elevation),
+            "azimuth": math.degrees(azimuth),
+            "lens_mm": lens,
+            "location_m": [round(float(c), 6) for c in location],
+        }
+
+    def _configure(self, render: dict, seed: int) -> None:
+        scene = self.scene
+        res = int(render.get("resolution", 64))
+        scene.render.resolution_x = res
+        scene.render.resolution_y = res
+        cycles = scene.cycles
+        cycles.samples = int(render.get("samples", 8))
+        cycles.use_denoising = bool(render.get("denoise", False))
+        bounces = int(render.get("bounces", 4))
+        cycles.max_bounces = bounces
+        cycles.diffuse_bounces = min(bounces, 3)
+        cycles.glossy_bounces = bounces
+        cycles.transmission_bounces = bounces
+        cycles.transparent_max_bounces = max(bounces, 8)
+        cycles.seed = int(seed) % 2**31
+        transform = render.get("view_transform", "Standard")
+        if transform not in VIEW_TRANSFORMS:
+            raise ValueError(f"render.view_transform {transform!r} is not one of {VIEW_TRANSFORMS}")
+        scene.view_settings.view_transform = transform
+        scene.render.threads = self.threads
+
+    def _encode(self, rgb: np.ndarray, render: dict) -> bytes:
+        """Encode a linear (H, W, 3) image with the scene's colour management."""
+        fmt = render.get("image_format", "jpg")
+        if fmt not in IMAGE_FORMATS:
+            raise ValueError(f"render.image_format {fmt!r} is not one of {IMAGE_FORMATS}")
+        h, w, _ = rgb.shape
+        image = bpy.data.images.get(OUTPUT_IMAGE)
+        if image is None or tuple(image.size) != (w, h):
+            if image is not None:
+                bpy.data.images.remove(image)
+            image = bpy.data.images.new(OUTPUT_IMAGE, w, h, alpha=True, float_buffer=True)
+            image.colorspace_settings.name = "Linear Rec.709"
+        rgba = np.concatenate([rgb, np.ones((h, w, 1), np.float32)], axis=2)
+        image.pixels.foreach_set(np.ascontiguousarray(rgba[::-1]).ravel())
+        settings = self.scene.render.image_settings
+        settings.media_type = "IMAGE"
+        settings.color_mode = "RGB"
+        if fmt == "jpg":
+            settings.file_format = "JPEG"
+            settings.quality = int(render.get("jpeg_quality", 92))
+            suffix = ".jpg"
+        elif fmt in ("png", "png16"):
+            settings.file_format = "PNG"
+            settings.color_depth = "16" if fmt == "png16" else "8"
+            settings.compression = 15
+            suffix = ".png"
+        else:
+            settings.file_format = "OPEN_EXR"
+            settings.color_depth = "16"
+            settings.exr_codec = "ZIP"
+            suffix = ".exr"
+        path = self._tmp / f"view{suffix}"
+        image.save_render(str(path), scene=self.scene)
+        return path.read_bytes()
+
+    def _read_passes(self) -> dict[str, np.ndarray]:
+        settings = self.scene.render.image_settings
+        settings.media_type = "MULTI_LAYER_IMAGE"
+        settings.file_format = "OPEN_EXR_MULTILAYER"
+        settings.exr_codec = "NONE"
+        settings.color_depth = "32"
+        path = self._tmp / "passes.exr"
+        bpy.data.images["Render Result"].save_render(str(path), scene=self.scene)
+        raw = read_passes(path)
+        layer = self.scene.view_layers[0].name
+        passes: dict[str, np.ndarray] = {}
+        for name, values in raw.items():
+            if name.startswith(layer + "."):
+                passes[name[len(layer) + 1 :]] = values
+        return passes
+
+    def render_view(self, job: dict) -> RenderedView:
+        """Render one view job; raise ``MaterialError`` / ``RenderError`` naming the material."""
+        t0 = time.perf_counter()
+        material_entry = job.get("material") or {}
+        material_id = str(material_entry.get("id", "?"))
+        try:
+            mesh_entry = job["mesh"]
+            light_entry = job["light"]
+            render = dict(job.get("render") or {})
+            seed = int(job["seed"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise RenderError(
+                material_id, f"view job {job.get('key')!r} is malformed: {exc!r}"
+            ) from exc
+        background = dict(job.get("background") or {"mode": "hdri"})
+        mode = background.get("mode", "hdri")
+        if mode not in BACKGROUND_MODES:
+            raise RenderError(
+                material_id, f"background.mode {mode!r} is not one of {BACKGROUND_MODES}"
+            )
+        with _silenced(self.quiet):
+            self._clear_object()
+            material = materials.build_material(material_entry, self._base_dirs.get("materials"))
+            material.pass_index = int(job.get("material_index", 1))
+            try:
+                obj, radius = self._object(mesh_entry, material)
+                rotation = float(job.get("light_rotation", 0.0))
+                strength = float(job.get("light_strength", 1.0))
+                if not strength > 0:
+                    raise ValueError(f"light_strength must be > 0, got {strength}")
+                obj.rotation_euler = (0.0, 0.0, -math.radians(rotation))
+                camera = self._place_camera(job.get("camera") or {}, radius, rotation)
+                light_key = hash_obj(light_entry)
+                if light_key != self._light_key:
+                    lights.setup_light(
+                        self.scene, light_entry, 0.0, 1.0, self._base_dirs.get("lights")
+                    )
+                    self._light_key = light_key
+                self._configure(render, seed)
+                # Exposure is applied to the linear result (rendering is linear in light
+                # strength); the clamp is scaled so it acts as if the light were scaled.
+                self.scene.cycles.sample_clamp_indirect = CLAMP_INDIRECT / strength
+            except (meshes.MeshBuildError, lights.LightBuildError, ValueError) as exc:
+                raise RenderError(material_id, str(exc)) from exc
+            t_engine = time.perf_counter()
+            try:
+                bpy.ops.render.render()
+            except RuntimeError as exc:
+                raise RenderError(material_id, f"Cycles failed: {exc}") from exc
+            engine_time = time.perf_counter() - t_engine
+            passes = self._read_passes()
+            alpha = np.clip(passes["Combined.A"], 0.0, 1.0)
+            rgb = strength * np.stack([passes[f"Combined.{c}"] for c in "RGB"], axis=-1)
+            env = strength * np.stack([passes[f"Environment.{c}"] for c in "RGB"], axis=-1)
+            if mode == "hdri":
+                # The Environment pass is already weighted by background coverage.
+                rgb = rgb + env
+            else:
+                if mode == "blur":
+                    # Fill the object's hole by normalised convolution, then blur.
+                    sigma = float(background.get("sigma", 0.04)) * rgb.shape[1]
+                    cover = (1.0 - alpha)[..., None]
+                    num = _gaussian_blur(env, sigma)
+                    den = _gaussian_blur(cover, sigma)
+                    fill = num / np.maximum(den, 1e-4)
+                else:
+                    color = background.get("color")
+                    if color is None:
+                        color = np.random.default_rng(seed).uniform(0.05, 0.9, 3).tolist()
+                        background["color"] = color
+                    fill = np.broadcast_to(np.asarray(color, np.float32)[:3], rgb.shape)
+                rgb = rgb + (1.0 - alpha)[..., None] * fill
+            try:
+                image = self._encode(rgb.astype(np.float32), render)
+            except ValueError as exc:
+                raise RenderError(material_id, str(exc)) from exc
+        wanted = set(render.get("passes") or [])
+        unknown = wanted - {"mask", "matid"}
+        if unknown:
+            raise RenderError(material_id, f"render.passes has unknown entries {sorted(unknown)}")
+        mask = matid = None
+        if "mask" in wanted:
+            mask = _png(np.round(alpha * 255).astype(np.uint8))
+        if "matid" in wanted:
+            index = passes["Material Index.X"]
+            # Cycles writes the index of one sample per pixel (not an average).
+            ids = np.where(alpha > 0.0, np.rint(index), 0)
+            matid = _png(ids.astype(np.uint16))
+        meta = {
+            "mesh_id": str(mesh_entry.get("id")),
+            "light_id": str(light_entry.get("id")),
+            "light_rotation": float(job.get("light_rotation", 0.0)),
+            "light_strength": float(job.get("light_strength", 1.0)),
+            "camera": camera,
+            "seed": seed,
+            "samples": int(self.scene.cycles.samples),
+            "view_transform": self.scene.view_settings.view_transform,
+            "render_time_s": round(time.perf_counter() - t0, 4),
+            "engine_time_s": round(engine_time, 4),
+            "view": int(job.get("view", 0)),
+            "mesh_size_m": float(mesh_entry.get("size_m", 1.0)),
+            "background": background,
+            "resolution": int(self.scene.render.resolution_x),
+            "denoise": bool(self.scene.cycles.use_denoising),
+            "coverage": round(float(alpha.mean()), 4),
+        }
+        return RenderedView(image=image, mask=mask, matid=matid, meta=meta)
+
+    # ------------------------------------------------------------------ between shards
+
+    def reset(self) -> None:
+        """Drop the object, cached meshes, materials and images; purge orphan datablocks."""
+        with _silenced(self.quiet):
+            self._clear_object()
+            lights.setup_light(self.scene, {"kind": "color", "params": {"color": [0, 0, 0]}}, 0, 1)
+            self._light_key = None
+            for mesh in self._mesh_cache.values():
+                if mesh.users == 0:
+                    bpy.data.meshes.remove(mesh)
+            self._mesh_cache.clear()
+            lights.release_images()
+            bpy.data.orphans_purge(do_local_ids=True, do_linked_ids=True, do_recursive=True)
+
+    def close(self) -> None:
+        """Remove the session's temporary folder."""
+        for path in self._tmp.glob("*"):
+            path.unlink()
+        self._tmp.rmdir()
+
+
+def _png(array: np.ndarray) -> bytes:
+    """8-bit (uint8) or 16-bit (uint16) greyscale PNG bytes."""
+    buf = BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()

@@ -1,0 +1,117 @@
+"""BlenderSession renders view jobs deterministically, with passes, quietly, and fails loudly."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from phieat.schema import VIEW_FIELDS
+from render.errors import MaterialError, RenderError
+
+pytestmark = pytest.mark.blender
+
+
+def _pixels(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)))
+
+
+def test_renders_view_with_passes(session, job):
+    view = session.render_view(job)
+    image = _pixels(view.image)
+    assert image.shape == (32, 32, 3)
+    mask = _pixels(view.mask)
+    assert mask.dtype == np.uint8 and mask.shape == (32, 32)
+    assert 0.2 < (mask > 127).mean() < 0.95  # the sphere covers part of the frame
+    matid = Image.open(io.BytesIO(view.matid))
+    ids = np.asarray(matid)
+    assert matid.mode.startswith("I;16") or ids.dtype == np.uint16
+    assert set(np.unique(ids)) == {0, 1}
+    assert ((ids == 1) == (mask > 127)).mean() > 0.9
+    for name, kind in VIEW_FIELDS.items():
+        assert isinstance(view.meta[name], kind), name
+    assert view.meta["mesh_id"] == "sphere" and view.meta["light_id"] == "hdri-city"
+    assert view.meta["seed"] == job["seed"] and view.meta["samples"] == 4
+    assert session.blender_version.startswith("5.")
+    assert session.rss_mb() > 50
+
+
+def test_same_seed_same_bytes_other_seed_differs(session, job):
+    first = session.render_view(job).image
+    again = session.render_view(job).image
+    assert first == again
+    job["seed"] += 1
+    assert session.render_view(job).image != first
+
+
+def test_rotation_strength_and_backgrounds_change_pixels(session, job):
+    base = _pixels(session.render_view(job).image).astype(float)
+    job["light_strength"] = 2.0
+    brighter = _pixels(session.render_view(job).image).astype(float)
+    assert brighter.mean() > base.mean() + 10
+    job["light_strength"] = 1.0
+    job["light_rotation"] = 210.0
+    assert np.abs(_pixels(session.render_view(job).image) - base).mean() > 3
+    job["background"] = {"mode": "plain", "color": [0.0, 0.0, 1.0]}
+    view = session.render_view(job)
+    image = _pixels(view.image)
+    corner = image[0, 0]
+    assert corner[2] > 200 and corner[0] < 30  # pure blue behind the object
+    job["background"] = {"mode": "random"}
+    view = session.render_view(job)
+    assert len(view.meta["background"]["color"]) == 3
+    job["background"] = {"mode": "blur"}
+    assert session.render_view(job).image
+
+
+@pytest.mark.parametrize(
+    "fmt,signature", [("jpg", b"\xff\xd8"), ("png16", b"\x89PNG"), ("exr", b"v/1\x01")]
+)
+def test_image_formats(session, job, fmt, signature):
+    job["render"]["image_format"] = fmt
+    view = session.render_view(job)
+    assert view.image.startswith(signature)
+    if fmt == "png16":
+        assert view.image[24] == 16  # IHDR bit depth (Pillow reads 16-bit RGB as 8-bit)
+
+
+def test_quiet_hides_blender_output(session, job, capfd, tmp_path):
+    # Blender's OBJ importer prints its timing from C++ straight to file descriptor 1.
+    obj = tmp_path / "tetra.obj"
+    obj.write_text("v 0 0 0\nv 1 0 0\nv 0 1 0\nv 0 0 1\nf 1 2 3\nf 1 2 4\nf 1 3 4\nf 2 3 4\n")
+    job["mesh"] = {"id": "tetra", "kind": "file", "path": str(obj), "params": {}, "size_m": 0.2}
+    session.quiet = False
+    try:
+        capfd.readouterr()
+        session.render_view(job)
+        loud = capfd.readouterr()
+    finally:
+        session.quiet = True
+    job["mesh"]["size_m"] = 0.25  # a different cache key: the file is imported again
+    view = session.render_view(job)
+    quiet = capfd.readouterr()
+    assert "tetra.obj" in loud.out + loud.err
+    assert quiet.out == "" and quiet.err == ""
+    assert view.meta["coverage"] > 0.05
+
+
+def test_bad_inputs_raise_named_errors(session, job):
+    job["material"]["family"] = "no-such-family"
+    with pytest.raises(MaterialError) as err:
+        session.render_view(job)
+    assert err.value.material_id == "test-red-plastic" and "no-such-family" in err.value.reason
+    job["material"]["family"] = "uniform"
+    job["mesh"] = {"id": "bad", "kind": "teapot", "params": {}, "size_m": 0.3}
+    with pytest.raises(RenderError, match="teapot"):
+        session.render_view(job)
+    job.pop("seed")
+    with pytest.raises(RenderError, match="seed"):
+        session.render_view(job)
+
+
+def test_reset_keeps_rendering(session, job):
+    before = session.render_view(job).image
+    session.reset()
+    assert session.render_view(job).image == before
