@@ -251,6 +251,30 @@ def _fit_logreg(
     return model
 
 
+def _probe_search(
+    xtr: torch.Tensor,
+    ytr: torch.Tensor,
+    xva: torch.Tensor,
+    yva: np.ndarray,
+    n_classes: int,
+    weight_decays: Sequence[float],
+    max_iter: int,
+) -> tuple[tuple[float, float, torch.nn.Linear], dict[str, float]]:
+    """Fit one probe per weight decay; keep the best on val (ties: the larger decay)."""
+    val_acc: dict[str, float] = {}
+    best: tuple[float, float, torch.nn.Linear] | None = None
+    for wd in weight_decays:
+        model = _fit_logreg(xtr, ytr, n_classes, wd, max_iter)
+        with torch.no_grad():
+            acc = float((model(xva).argmax(1).numpy() == yva).mean())
+        val_acc[f"{wd:g}"] = acc
+        if best is None or acc >= best[0]:
+            best = (acc, wd, model)
+    if best is None:
+        raise ValueError("linear probe needs at least one weight decay")
+    return best, val_acc
+
+
 def linear_probe(
     train: tuple[np.ndarray, Sequence],
     val: tuple[np.ndarray, Sequence],
@@ -285,18 +309,18 @@ def linear_probe(
     t_xtr, t_xva, t_xte = prep(xtr), prep(xva), prep(xte)
     t_ytr = torch.from_numpy(encode(ytr))
     e_va, e_te = encode(yva), encode(yte)
-    val_acc: dict[str, float] = {}
-    best: tuple[float, float, torch.nn.Linear] | None = None
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        for wd in weight_decays:
-            model = _fit_logreg(t_xtr, t_ytr, classes.size, wd, max_iter)
-            with torch.no_grad():
-                acc = float((model(t_xva).argmax(1).numpy() == e_va).mean())
-            val_acc[f"{wd:g}"] = acc
-            if best is None or acc >= best[0]:
-                best = (acc, wd, model)
-    assert best is not None
+    threads = torch.get_num_threads()
+    # A probe is a few thousand numbers: one thread is fastest, and several threads spin
+    # badly when the machine's cores are shared.
+    torch.set_num_threads(1)
+    try:
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            best, val_acc = _probe_search(
+                t_xtr, t_ytr, t_xva, e_va, classes.size, weight_decays, max_iter
+            )
+    finally:
+        torch.set_num_threads(threads)
     with torch.no_grad():
         test_acc = float((best[2](t_xte).argmax(1).numpy() == e_te).mean())
     return {

@@ -70,11 +70,15 @@ def write_dataset(
     views: int = 4,
     size: int = 32,
     seed: int = 0,
-    selection: bool = False,
+    selection: bool | set[str] = False,
     index_extra: dict | None = None,
     per_shard: int = 8,
 ) -> Path:
-    """Write ``out/shard-*.tar`` + ``index.json``; one sample per material."""
+    """Write ``out/shard-*.tar`` + ``index.json``; one sample per material.
+
+    ``selection``: True, or the material ids whose views become two-material selection
+    views with a matid map.
+    """
     rng = np.random.default_rng(seed)
     out.mkdir(parents=True, exist_ok=True)
     shards = []
@@ -96,7 +100,7 @@ def write_dataset(
                     img = (img * 255).round().astype(np.uint8)
                     members.append((f"view{v}.jpg", _jpg(img)))
                     members.append((f"view{v}.mask.png", _png(mask.astype(np.uint8) * 255)))
-                    if selection:
+                    if selection is True or (selection and mat["id"] in selection):
                         other = (idx + 1 + v) % 7 + 100
                         matid = np.full((size, size), 1, np.uint16)
                         matid[:, size // 2 :] = 2

@@ -1,0 +1,79 @@
+"""Report pieces: tolerant log reading, PCA colours, tables and the physical/photometric line."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from train.eval import report as R
+
+
+def test_loss_series_reads_tolerantly(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text(
+        '{"step": 0, "loss/total": 3.0, "lr": 0.1}\n'
+        "not json\n"
+        "[1, 2]\n"
+        '{"step": 1, "loss": {"total": 2.0, "ibot": NaN}, "note": "x"}\n'
+        '{"loss/total": 1.0}\n'
+        "\n"
+    )
+    recs = R.read_metrics_jsonl(path)
+    assert len(recs) == 3
+    series = R.loss_series(recs)
+    assert set(series) == {"loss/total"}  # nested "loss"/"total" flattens to the same name
+    steps, vals = series["loss/total"]
+    assert list(vals) == [3.0, 2.0, 1.0] and list(steps) == [0.0, 1.0, 2.0]
+
+
+def test_pca_rgb_separates_two_feature_clusters():
+    rng = np.random.default_rng(0)
+    patches = np.zeros((2, 4, 4, 8))
+    patches[:, :, :2] = [1, 0, 0, 0, 0, 0, 0, 0]
+    patches[:, :, 2:] = [0, 1, 0, 0, 0, 0, 0, 0]
+    patches += 0.01 * rng.standard_normal(patches.shape)
+    rgb = R.pca_rgb(patches)
+    assert rgb.shape == (2, 4, 4, 3) and rgb.dtype == np.uint8
+    left, right = rgb[:, :, :2, 0].astype(int), rgb[:, :, 2:, 0].astype(int)
+    assert abs(left.mean() - right.mean()) > 150
+
+
+def test_heat_colours_and_ticks():
+    c = R.heat_colours(np.array([0.0, 0.5, 1.0, 2.0]))
+    assert c.shape == (4, 3) and c.dtype == np.uint8 and (c[2] == c[3]).all()
+    assert c[0, 2] > c[0, 0] and c[2, 0] > c[2, 2]  # blue at 0, red at 1
+    assert R._nice_ticks(1.0, 9.4) == [2, 4, 6, 8]
+
+
+def test_headline_and_comparison():
+    def m(r1, phys):
+        return {
+            "model": {"physical_augmentation": phys},
+            "retrieval": {"recall@1": r1, "chance_recall@1": 0.05},
+            "knn": {"knn@10": 0.5, "chance": 0.25},
+        }
+
+    models = {"p0": m(0.60, True), "p1": m(0.64, True), "b0": m(0.40, False), "b1": m(0.43, False)}
+    table = R.headline_table(models)
+    assert "| p0 | 0.600 |" in table and "| *chance* | 0.050 |" in table and "| - |" in table
+    lines = R.comparison_lines(models)
+    assert "+0.205" in lines[0] and "spread" in lines[1] and "is larger" in lines[1]
+    assert R.comparison_lines({"p0": m(0.6, True)}) == []
+    close = {"p0": m(0.60, True), "p1": m(0.70, True), "b0": m(0.58, False), "b1": m(0.62, False)}
+    assert "not larger" in R.comparison_lines(close)[1]
+
+
+def test_figures_draw(tmp_path):
+    rng = np.random.default_rng(1)
+    imgs = rng.integers(0, 255, (2, 6, 16, 16, 3), dtype=np.uint8)
+    labels = np.array([["a"] * 6, ["b", "b", "", "", "", ""]])
+    grid = R.retrieval_grid(imgs, labels, np.zeros((2, 5), bool), "t")
+    assert grid.width > 6 * R.THUMB and grid.height > 2 * R.THUMB
+    sel = R.selection_figure(
+        imgs[0, :2], np.array([[3, 4], [8, 8]]), rng.uniform(-1, 1, (2, 16, 16)), 0.2, "t"
+    )
+    assert sel.height > 2 * 160
+    runs = {
+        "a": {"loss/total": (np.arange(5.0), np.arange(5.0)[::-1])},
+        "b": {"loss/total": (np.arange(3.0), np.ones(3)), "loss/x": (np.zeros(1), np.ones(1))},
+    }
+    assert R.loss_curves(runs).width > 600

@@ -1,0 +1,268 @@
+"""The evaluation protocol: one model, one held-out eval set -> every metric, plus the few
+arrays the report draws.
+
+Views are of two kinds. *Object views* (no material-index map) show one material on one
+mesh under one light: they feed retrieval, k-NN, the linear probe and invariance, using the
+CLS feature. *Selection views* (a ``matid`` map) show several materials: they feed
+material selection, using patch features. Thresholds and probe hyper-parameters come from
+the val set when one is given (``--val-data``); otherwise from a group-disjoint part of the
+eval set itself, and the metrics say so.
+
+Example::
+
+    from train.eval.protocol import EvalConfig, evaluate
+    result = evaluate(extractor, eval_set, val_set=None, cfg=EvalConfig())
+    result.metrics["retrieval"]["recall@1"]
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from train.eval import metrics as M
+from train.eval.data import EvalSet
+from train.eval.features import Extractor, Features, extract_all
+
+logger = logging.getLogger("phieat.train")
+
+
+@dataclass
+class EvalConfig:
+    """Knobs of the protocol (all saved in every metrics file)."""
+
+    seed: int = 0
+    batch_size: int = 32
+    ks: tuple[int, ...] = (1, 5)
+    n_negatives: int = 10  # same-colour variant: wrong gallery items kept per query
+    knn_ks: tuple[int, ...] = (10, 20)
+    knn_temperature: float = 0.07
+    probe_folds: int = 3
+    probe_group: str = "family"  # "family" | "group" | "material"
+    queries_per_region: int = 1
+    min_region_pixels: int = 16
+    upsample: str = "bilinear"
+    max_selection_views: int = 200
+    n_figure_queries: int = 6
+
+
+@dataclass
+class EvalResult:
+    """``metrics``: JSON-ready dict. ``figures``: arrays for the report (see ``figure_data``)."""
+
+    metrics: dict
+    figures: dict = field(default_factory=dict)
+
+
+def _object_views(es: EvalSet) -> np.ndarray:
+    return np.flatnonzero(~es.has_matid())
+
+
+def _selection_views(es: EvalSet, cfg: EvalConfig) -> np.ndarray:
+    idx = np.flatnonzero(es.has_matid())
+    return idx[: cfg.max_selection_views]
+
+
+def _selection_inputs(
+    es: EvalSet, idx: np.ndarray, feats: Features, rng: np.random.Generator, cfg: EvalConfig
+) -> tuple[list, list, list, list]:
+    patches, matids, queries, valids = [], [], [], []
+    for row, i in enumerate(idx):
+        # Pixels that count: on an object (mask) and with a material index.
+        valid = es.matids[i] >= 0
+        if es.masks is not None:
+            valid &= es.masks[i]
+        valid = None if valid.all() else valid
+        qs = M.sample_queries(
+            es.matids[i], rng, valid, cfg.queries_per_region, cfg.min_region_pixels
+        )
+        patches.append(feats.patches[row])
+        matids.append(es.matids[i])
+        queries.append(qs)
+        valids.append(valid)
+    return patches, matids, queries, valids
+
+
+def evaluate(
+    extractor: Extractor, eval_set: EvalSet, val_set: EvalSet | None, cfg: EvalConfig
+) -> EvalResult:
+    """Every metric of one model on ``eval_set`` (see the module docstring)."""
+    started = time.perf_counter()
+    rng = np.random.default_rng(cfg.seed)
+    out: dict = {"config": asdict(cfg), "counts": {}}
+    figures: dict = {}
+    es = eval_set
+    obj = _object_views(es)
+    sel = _selection_views(es, cfg)
+    out["counts"] = {
+        "views": len(es),
+        "object_views": int(obj.size),
+        "selection_views": int(sel.size),
+        "materials": int(np.unique(es.material[obj]).size) if obj.size else 0,
+    }
+
+    if obj.size:
+        masks = es.masks[obj] if es.masks is not None else None
+        t0 = time.perf_counter()
+        feats = extract_all(extractor, es.images[obj], masks, cfg.batch_size)
+        out["timing"] = {"extract_object_views_s": time.perf_counter() - t0}
+        cls = feats.cls
+        mat, mesh, light = es.material[obj], es.mesh[obj], es.light[obj]
+        res = M.cross_retrieval(cls, mat, mesh, light, ks=cfg.ks)
+        out["retrieval"] = res.metrics()
+        colour = es.mean_colour()[obj]
+        hard = M.cross_retrieval(
+            cls, mat, mesh, light, ks=cfg.ks, colour=colour, n_negatives=cfg.n_negatives
+        )
+        out["retrieval_same_colour"] = hard.metrics()
+        knn = M.knn_accuracy(
+            cls, es.category[obj], mat, ks=cfg.knn_ks, temperature=cfg.knn_temperature
+        )
+        knn_family = M.knn_accuracy(
+            cls,
+            es.category[obj],
+            mat,
+            ks=cfg.knn_ks,
+            temperature=cfg.knn_temperature,
+            exclude=es.family[obj],
+        )
+        out["knn"] = knn
+        out["knn_family_out"] = knn_family
+        out["linear_probe"] = _probe(cls, es, obj, val_set, extractor, cfg)
+        out["invariance"] = M.invariance(cls, mat, mesh, light)
+        figures.update(_retrieval_figure(res, obj, rng, cfg))
+        figures["pca_views"] = obj[_spread(rng, obj.size, 6)]
+        figures["pca_patches"] = feats.patches[np.searchsorted(obj, figures["pca_views"])]
+    else:
+        logger.warning("eval set has no object views: retrieval, k-NN, probe skipped")
+
+    if sel.size:
+        t0 = time.perf_counter()
+        masks = es.masks[sel] if es.masks is not None else None
+        sfeats = extract_all(extractor, es.images[sel], masks, cfg.batch_size)
+        out.setdefault("timing", {})["extract_selection_views_s"] = time.perf_counter() - t0
+        out["selection"] = _selection(es, sel, sfeats, val_set, extractor, rng, cfg, figures)
+    else:
+        logger.warning("eval set has no views with a matid map: material selection skipped")
+    out.setdefault("timing", {})["total_s"] = time.perf_counter() - started
+    return EvalResult(metrics=out, figures=figures)
+
+
+def _spread(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
+    return np.sort(rng.choice(n, size=min(k, n), replace=False))
+
+
+def _retrieval_figure(
+    res: M.RetrievalResult, obj: np.ndarray, rng: np.random.Generator, cfg: EvalConfig
+) -> dict:
+    """Query/top-k rows for the grid: indices into the eval set's views."""
+    if not res.queries.size:
+        return {}
+    pick = _spread(rng, res.queries.size, cfg.n_figure_queries)
+    top = res.topk[pick]
+    return {
+        "retrieval_query": obj[res.queries[pick]],
+        "retrieval_topk": np.where(top >= 0, obj[np.maximum(top, 0)], -1),
+        "retrieval_correct": res.correct[pick],
+    }
+
+
+def _probe_groups(es: EvalSet, idx: np.ndarray, cfg: EvalConfig) -> np.ndarray:
+    if cfg.probe_group not in ("family", "group", "material"):
+        raise ValueError(f"probe_group must be family, group or material, got {cfg.probe_group!r}")
+    return getattr(es, cfg.probe_group)[idx]
+
+
+def _probe(
+    cls: np.ndarray,
+    es: EvalSet,
+    obj: np.ndarray,
+    val_set: EvalSet | None,
+    extractor: Extractor,
+    cfg: EvalConfig,
+) -> dict:
+    """Linear probe on category; folds never share a ``probe_group`` label."""
+    labels = es.category[obj]
+    groups = _probe_groups(es, obj, cfg)
+    if np.unique(groups).size < cfg.probe_folds or np.unique(labels).size < 2:
+        return {"accuracy": None, "skipped": "too few groups or categories"}
+    val_obj = _object_views(val_set) if val_set is not None else np.zeros(0, int)
+    if val_obj.size == 0:
+        res = M.linear_probe_by_groups(cls, labels, groups, cfg.probe_folds, cfg.seed)
+        res["hyperparameters_from"] = "eval set (a held-out fold)"
+        return res
+    vfeats = extract_all(
+        extractor,
+        val_set.images[val_obj],
+        val_set.masks[val_obj] if val_set.masks is not None else None,
+        cfg.batch_size,
+    ).cls
+    val = (vfeats, val_set.category[val_obj])
+    fold = M.group_folds(groups, cfg.probe_folds, cfg.seed)
+    runs = []
+    for f in range(cfg.probe_folds):
+        tr, te = fold != f, fold == f
+        if np.unique(labels[tr]).size < 2:
+            continue
+        runs.append(M.linear_probe((cls[tr], labels[tr]), val, (cls[te], labels[te])))
+    return {
+        "accuracy": float(np.mean([r["accuracy"] for r in runs])) if runs else None,
+        "folds": runs,
+        "n_folds_skipped": cfg.probe_folds - len(runs),
+        "hyperparameters_from": "val set",
+    }
+
+
+def _selection(
+    es: EvalSet,
+    sel: np.ndarray,
+    feats: Features,
+    val_set: EvalSet | None,
+    extractor: Extractor,
+    rng: np.random.Generator,
+    cfg: EvalConfig,
+    figures: dict,
+) -> dict:
+    """Threshold on val (or on half the eval scenes, split by material group), score the rest."""
+    patches, matids, queries, valids = _selection_inputs(es, sel, feats, rng, cfg)
+    val_sel = _selection_views(val_set, cfg) if val_set is not None else np.zeros(0, int)
+    if val_sel.size:
+        vfeats = extract_all(
+            extractor,
+            val_set.images[val_sel],
+            val_set.masks[val_sel] if val_set.masks is not None else None,
+            cfg.batch_size,
+        )
+        v_inputs = _selection_inputs(val_set, val_sel, vfeats, rng, cfg)
+        test_rows = np.arange(sel.size)
+        source = "val set"
+    else:
+        if np.unique(es.group[sel]).size < 2:
+            return {"iou": None, "skipped": "needs --val-data or 2+ material groups of scenes"}
+        fold = M.group_folds(es.group[sel], 2, cfg.seed)
+        v_rows, test_rows = np.flatnonzero(fold == 1), np.flatnonzero(fold == 0)
+        v_inputs = tuple([x[r] for r in v_rows] for x in (patches, matids, queries, valids))
+        source = "eval set (a group-disjoint half, not scored)"
+    v_patches, v_matids, v_queries, v_valids = v_inputs
+    sims, tgts, vals = M.selection_maps(v_patches, v_matids, v_queries, v_valids, cfg.upsample)
+    if not sims:
+        return {"iou": None, "skipped": "no selection queries to choose a threshold on"}
+    threshold, curve = M.choose_threshold(sims, tgts, vals)
+    pick = [list(x[r] for r in test_rows) for x in (patches, matids, queries, valids)]
+    res = M.material_selection(pick[0], pick[1], pick[2], threshold, pick[3], cfg.upsample)
+    res["threshold_from"] = source
+    res["threshold_val_iou"] = float(curve.max())
+    # A few maps for the report: (view index, query pixel, similarity map).
+    with_q = [r for r in test_rows if queries[r]]
+    rows = [with_q[i] for i in _spread(rng, len(with_q), cfg.n_figure_queries)]
+    figures["selection_view"] = sel[rows] if rows else np.zeros(0, int)
+    figures["selection_query"] = np.asarray([queries[r][0] for r in rows], int).reshape(-1, 2)
+    figures["selection_sim"] = np.asarray(
+        [M.similarity_map(patches[r], queries[r][0], matids[r].shape, cfg.upsample) for r in rows],
+        np.float32,
+    ).reshape(len(rows), *es.images.shape[1:3])
+    figures["selection_threshold"] = np.float32(threshold)
+    return res

@@ -1,0 +1,627 @@
+"""The evaluation report: figures (PNG, drawn with Pillow) and ``report.md``.
+
+``phieat-eval run`` leaves, per model, ``<out>/<name>/metrics.json``, ``figures.npz`` (the
+pixels and maps the figures need) and, when the trainer's log was found,
+``train_metrics.jsonl``. ``write_report(out)`` turns a folder of those into::
+
+    <out>/report.md                   headline table, comparisons, every figure
+    <out>/figures/loss_curves.png     one panel per loss term, one colour per model
+    <out>/figures/<name>_retrieval.png   query + top-5 (green: same material, red: not)
+    <out>/figures/<name>_selection.png   image + query, similarity heat-map, selection
+    <out>/figures/<name>_pca.png         3 principal components of patch features as RGB
+
+It needs no model and no eval data, so it can be re-run at any time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+logger = logging.getLogger("phieat.train")
+
+GREEN = (30, 160, 60)
+RED = (210, 40, 40)
+BLUE = (40, 90, 220)
+PALETTE = [
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (127, 127, 127),
+]
+THUMB = 112
+
+
+def _font(size: int = 13) -> ImageFont.ImageFont:
+    return ImageFont.load_default(size=size)
+
+
+def _save_png(img: Image.Image, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        img.save(tmp, format="PNG")
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; reports are meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    """Write ``text`` to a temporary name beside ``path``, then rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _thumb(arr: np.ndarray, size: int = THUMB) -> Image.Image:
+    return Image.fromarray(np.asarray(arr, np.uint8)).resize((size, size), Image.Resampling.NEAREST)
+
+
+def _short(text: str, n: int = 16) -> str:
+    return text if len(text) <= n else text[: n - 1] + "~"
+
+
+# ----------------------------------------------------------------------------- colour maps
+
+
+def heat_colours(values: np.ndarray) -> np.ndarray:
+    """Map ``values`` in [0, 1] (any shape) to a perceptually ordered blue-yellow-red ramp,
+    ``(..., 3)`` uint8."""
+    stops = np.array(
+        [
+            [0.05, 0.05, 0.35],
+            [0.15, 0.35, 0.8],
+            [0.2, 0.75, 0.75],
+            [0.95, 0.9, 0.25],
+            [0.8, 0.1, 0.1],
+        ]
+    )
+    v = np.clip(np.asarray(values, np.float64), 0, 1) * (len(stops) - 1)
+    lo = np.floor(v).astype(int).clip(0, len(stops) - 2)
+    t = (v - lo)[..., None]
+    return ((stops[lo] * (1 - t) + stops[lo + 1] * t) * 255).round().astype(np.uint8)
+
+
+def pca_rgb(patches: np.ndarray) -> np.ndarray:
+    """``(B, h, w, D)`` patch features -> ``(B, h, w, 3)`` uint8: the first three principal
+    components (fit jointly over all B images), each stretched to its 2-98 percentiles."""
+    b, h, w, d = patches.shape
+    x = patches.reshape(-1, d).astype(np.float64)
+    x = x - x.mean(0)
+    _, _, vt = np.linalg.svd(x, full_matrices=False)
+    comp = x @ vt[:3].T
+    if comp.shape[1] < 3:
+        comp = np.pad(comp, ((0, 0), (0, 3 - comp.shape[1])))
+    lo, hi = np.percentile(comp, 2, axis=0), np.percentile(comp, 98, axis=0)
+    rgb = (comp - lo) / np.maximum(hi - lo, 1e-9)
+    return (np.clip(rgb, 0, 1) * 255).round().astype(np.uint8).reshape(b, h, w, 3)
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def _framed(img: Image.Image, colour: tuple[int, int, int], width: int = 5) -> Image.Image:
+    out = Image.new("RGB", (img.width + 2 * width, img.height + 2 * width), colour)
+    out.paste(img, (width, width))
+    return out
+
+
+def retrieval_grid(
+    images: np.ndarray, labels: np.ndarray, correct: np.ndarray, title: str
+) -> Image.Image:
+    """``images`` ``(Q, 1+K, H, W, 3)``: each row a query then its top-K; ``labels``
+    ``(Q, 1+K)`` material ids ('' = empty slot); ``correct`` ``(Q, K)`` bool."""
+    q, cols = images.shape[:2]
+    font, small = _font(15), _font(12)
+    cell_w, cell_h, pad, head = THUMB + 10, THUMB + 10 + 18, 8, 50
+    gap = 16  # between the query column and the results
+    width = pad * 2 + cols * (cell_w + 4) + gap
+    canvas = Image.new("RGB", (width, head + q * (cell_h + 6) + pad), "white")
+    draw = ImageDraw.Draw(canvas)
+    draw.text((pad, 6), title, fill="black", font=font)
+    legend = "query (blue)  |  top-5 by cosine similarity: green = same material, red = different"
+    draw.text((pad, 26), legend, fill=(70, 70, 70), font=small)
+    for r in range(q):
+        y = head + r * (cell_h + 6)
+        for c in range(cols):
+            if not labels[r, c]:
+                continue
+            x = pad + c * (cell_w + 4) + (gap if c else 0)
+            colour = BLUE if c == 0 else (GREEN if correct[r, c - 1] else RED)
+            canvas.paste(_framed(_thumb(images[r, c]), colour), (x, y))
+            draw.text(
+                (x + 2, y + THUMB + 11), _short(str(labels[r, c]), 17), fill="black", font=small
+            )
+    return canvas
+
+
+def selection_figure(
+    images: np.ndarray, queries: np.ndarray, sims: np.ndarray, threshold: float, title: str
+) -> Image.Image:
+    """Rows of (image with the query pixel, similarity heat-map over the image, selection).
+
+    ``images`` ``(S, H, W, 3)``; ``queries`` ``(S, 2)`` (y, x); ``sims`` ``(S, H, W)``."""
+    s = images.shape[0]
+    font, small = _font(15), _font(12)
+    size, pad, head = 160, 8, 48
+    width = pad + 3 * (size + pad)
+    canvas = Image.new("RGB", (width, head + s * (size + pad) + 20), "white")
+    draw = ImageDraw.Draw(canvas)
+    draw.text((pad, 6), title, fill="black", font=font)
+    for c, text in enumerate(
+        ("image + query pixel", "cosine similarity", f"selected (>= {threshold:.2f})")
+    ):
+        draw.text((pad + c * (size + pad), 28), text, fill=(70, 70, 70), font=small)
+    for r in range(s):
+        y = head + r * (size + pad)
+        img = images[r].astype(np.float64)
+        scale = size / img.shape[0]
+        base = Image.fromarray(images[r]).resize((size, size), Image.Resampling.BILINEAR)
+        marked = base.copy()
+        d = ImageDraw.Draw(marked)
+        qy, qx = (queries[r] + 0.5) * scale
+        d.ellipse((qx - 6, qy - 6, qx + 6, qy + 6), outline=(255, 255, 255), width=3)
+        d.ellipse((qx - 4, qy - 4, qx + 4, qy + 4), outline=(0, 0, 0), width=2)
+        heat = heat_colours((sims[r] + 1) / 2).astype(np.float64)
+        overlay = (0.35 * img + 0.65 * heat).round().astype(np.uint8)
+        sel = sims[r] >= threshold
+        tint = img.copy()
+        tint[sel] = 0.5 * img[sel] + 0.5 * np.array(GREEN)
+        tint[~sel] *= 0.35
+        canvas.paste(marked, (pad, y))
+        for c, arr in ((1, overlay), (2, tint.round().astype(np.uint8))):
+            canvas.paste(
+                Image.fromarray(arr).resize((size, size), Image.Resampling.BILINEAR),
+                (pad + c * (size + pad), y),
+            )
+    # colour bar for the heat-map
+    bar = heat_colours(np.linspace(0, 1, size)[None, :].repeat(8, 0))
+    yb = head + s * (size + pad) + 4
+    xb = pad + size + pad
+    canvas.paste(Image.fromarray(bar), (xb, yb))
+    draw.text((xb - 20, yb - 4), "-1", fill=(70, 70, 70), font=small)
+    draw.text((xb + size + 4, yb - 4), "+1", fill=(70, 70, 70), font=small)
+    return canvas
+
+
+def pca_figure(images: np.ndarray, patches: np.ndarray, title: str) -> Image.Image:
+    """Pairs of (image, PCA of its patch features as RGB); ``patches`` ``(B, h, w, D)``."""
+    b = images.shape[0]
+    rgb = pca_rgb(patches)
+    font, small = _font(15), _font(12)
+    size, pad, head = 128, 8, 48
+    canvas = Image.new("RGB", (pad + b * (2 * size + 3 * pad), head + size + pad), "white")
+    draw = ImageDraw.Draw(canvas)
+    draw.text((pad, 6), title, fill="black", font=font)
+    draw.text(
+        (pad, 28),
+        "each pair: view | first 3 principal components of its patch features (RGB)",
+        fill=(70, 70, 70),
+        font=small,
+    )
+    for i in range(b):
+        x = pad + i * (2 * size + 3 * pad)
+        canvas.paste(_thumb(images[i], size), (x, head))
+        canvas.paste(_thumb(rgb[i], size), (x + size + pad // 2, head))
+    return canvas
+
+
+# ----------------------------------------------------------------------------- loss curves
+
+
+def read_metrics_jsonl(path: Path) -> list[dict]:
+    """Records of a trainer's ``metrics.jsonl``; unreadable lines are skipped and counted."""
+    records, bad = [], 0
+    for line in Path(path).read_text(encoding="utf-8", errors="replace").splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            bad += 1
+            continue
+        if isinstance(rec, dict):
+            records.append(rec)
+        else:
+            bad += 1
+    if bad:
+        logger.warning("%s: skipped %d unreadable lines", path, bad)
+    return records
+
+
+def loss_series(records: list[dict]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``{term: (steps, values)}`` for every finite numeric field whose name contains
+    ``loss`` (nested dicts are flattened with ``/``); x is ``step`` (else the line number)."""
+    series: dict[str, list[tuple[float, float]]] = {}
+    for n, rec in enumerate(records):
+        step = rec.get("step", rec.get("iteration", n))
+        if not isinstance(step, (int, float)):
+            step = n
+        for key, value in _flatten(rec).items():
+            if "loss" not in key.lower() or isinstance(value, bool):
+                continue
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                series.setdefault(key, []).append((float(step), float(value)))
+    return {
+        k: (np.array([s for s, _ in v]), np.array([y for _, y in v])) for k, v in series.items()
+    }
+
+
+def _flatten(rec: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in rec.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, name + "/"))
+        else:
+            out[name] = v
+    return out
+
+
+def _nice_ticks(lo: float, hi: float, n: int = 6) -> list[float]:
+    if hi <= lo:
+        return [lo]
+    step = 10 ** math.floor(math.log10((hi - lo) / n))
+    for m in (1, 2, 5, 10):
+        if (hi - lo) / (step * m) <= n:
+            step *= m
+            break
+    start = math.ceil(lo / step) * step
+    return [start + i * step for i in range(int((hi - start) / step) + 1)]
+
+
+def _fmt(v: float) -> str:
+    if v == 0:
+        return "0"
+    if abs(v) >= 1000 or abs(v) < 0.01:
+        return f"{v:.0e}"
+    return f"{v:g}" if abs(v) >= 1 else f"{v:.2f}"
+
+
+def loss_curves(runs: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]) -> Image.Image:
+    """Small multiples: one panel per loss term, one colour per model (``runs[model][term]``)."""
+    terms = sorted({t for r in runs.values() for t in r}, key=lambda t: (not _is_total(t), t))
+    cols = min(3, max(1, len(terms)))
+    rows = math.ceil(len(terms) / cols)
+    pw, ph, pad, head = 330, 210, 12, 40
+    font, small = _font(15), _font(12)
+    canvas = Image.new("RGB", (pad + cols * (pw + pad), head + rows * (ph + pad) + pad), "white")
+    draw = ImageDraw.Draw(canvas)
+    draw.text(
+        (pad, 8), "training losses (from each model's metrics.jsonl)", fill="black", font=font
+    )
+    lx = pad + 380
+    for i, name in enumerate(runs):
+        colour = PALETTE[i % len(PALETTE)]
+        draw.line((lx, 17, lx + 18, 17), fill=colour, width=3)
+        draw.text((lx + 22, 9), name, fill="black", font=small)
+        lx += 30 + int(draw.textlength(name, font=small)) + 12
+    for t, term in enumerate(terms):
+        x0 = pad + (t % cols) * (pw + pad)
+        y0 = head + (t // cols) * (ph + pad)
+        left, right, top, bottom = x0 + 48, x0 + pw - 8, y0 + 22, y0 + ph - 26
+        draw.rectangle((x0, y0, x0 + pw, y0 + ph), outline=(210, 210, 210))
+        draw.text((x0 + 6, y0 + 4), term, fill="black", font=small)
+        pts = [runs[m][term] for m in runs if term in runs[m]]
+        xs = np.concatenate([p[0] for p in pts])
+        ys = np.concatenate([p[1] for p in pts])
+        xmin, xmax = float(xs.min()), float(xs.max())
+        ymin, ymax = float(ys.min()), float(ys.max())
+        if xmax == xmin:
+            xmax = xmin + 1
+        if ymax == ymin:
+            ymin, ymax = ymin - 0.5, ymax + 0.5
+        margin = 0.05 * (ymax - ymin)
+        ymin, ymax = ymin - margin, ymax + margin
+
+        def sx(v: float, a=xmin, b=xmax, lo=left, hi=right) -> float:
+            return lo + (v - a) / (b - a) * (hi - lo)
+
+        def sy(v: float, a=ymin, b=ymax, lo=bottom, hi=top) -> float:
+            return lo - (v - a) / (b - a) * (lo - hi)
+
+        for tick in _nice_ticks(ymin, ymax):
+            yy = sy(tick)
+            draw.line((left, yy, right, yy), fill=(235, 235, 235))
+            draw.text((x0 + 4, yy - 7), _fmt(tick), fill=(90, 90, 90), font=small)
+        for tick in _nice_ticks(xmin, xmax):
+            xx = sx(tick)
+            draw.line((xx, bottom, xx, bottom + 4), fill=(90, 90, 90))
+            label = _fmt(tick)
+            draw.text(
+                (xx - draw.textlength(label, font=small) / 2, bottom + 6),
+                label,
+                fill=(90, 90, 90),
+                font=small,
+            )
+        draw.line((left, top, left, bottom), fill=(90, 90, 90))
+        draw.line((left, bottom, right, bottom), fill=(90, 90, 90))
+        draw.text((right - 26, y0 + 4), "step", fill=(120, 120, 120), font=small)
+        for i, model in enumerate(runs):
+            if term not in runs[model]:
+                continue
+            steps, vals = runs[model][term]
+            steps, vals = _smooth(steps, vals)
+            line = [(sx(a), sy(b)) for a, b in zip(steps, vals, strict=True)]
+            colour = PALETTE[i % len(PALETTE)]
+            if len(line) == 1:
+                x, y = line[0]
+                draw.ellipse((x - 2, y - 2, x + 2, y + 2), fill=colour)
+            else:
+                draw.line(line, fill=colour, width=2)
+    return canvas
+
+
+def _is_total(term: str) -> bool:
+    return "total" in term.lower() or term.lower() in ("loss", "train/loss")
+
+
+def _smooth(steps: np.ndarray, vals: np.ndarray, max_points: int = 300) -> tuple:
+    """Average into at most ``max_points`` bins so long logs stay readable."""
+    order = np.argsort(steps, kind="stable")
+    steps, vals = steps[order], vals[order]
+    if steps.size <= max_points:
+        return steps, vals
+    bins = np.array_split(np.arange(steps.size), max_points)
+    return np.array([steps[b].mean() for b in bins]), np.array([vals[b].mean() for b in bins])
+
+
+# ----------------------------------------------------------------------------- report.md
+
+HEADLINE: list[tuple[str, str, Callable[[dict], object]]] = [
+    (
+        "R@1",
+        "cross-shape/light retrieval Recall@1",
+        lambda m: m.get("retrieval", {}).get("recall@1"),
+    ),
+    ("R@5", "Recall@5", lambda m: m.get("retrieval", {}).get("recall@5")),
+    ("mAP", "mean average precision", lambda m: m.get("retrieval", {}).get("map")),
+    (
+        "R@1 same-colour",
+        "R@1 when the wrong gallery items match the query's colour",
+        lambda m: m.get("retrieval_same_colour", {}).get("recall@1"),
+    ),
+    ("k-NN@10", "category, own material left out", lambda m: m.get("knn", {}).get("knn@10")),
+    ("k-NN@20", "", lambda m: m.get("knn", {}).get("knn@20")),
+    (
+        "probe",
+        "linear probe category accuracy, held-out groups",
+        lambda m: m.get("linear_probe", {}).get("accuracy"),
+    ),
+    ("sel. IoU", "material selection IoU", lambda m: m.get("selection", {}).get("iou")),
+    ("sel. F1", "", lambda m: m.get("selection", {}).get("f1")),
+    ("sel. L1", "lower is better", lambda m: m.get("selection", {}).get("l1")),
+    (
+        "intra/inter",
+        "invariance: same-material / same-scene distance, lower is better",
+        lambda m: m.get("invariance", {}).get("ratio"),
+    ),
+]
+
+
+def _cell(v: object) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.3f}"
+    return str(v)
+
+
+def headline_table(models: dict[str, dict]) -> str:
+    """Markdown table: one row per model, one column per headline metric."""
+    head = "| model | " + " | ".join(h for h, _, _ in HEADLINE) + " |"
+    sep = "|---|" + "---:|" * len(HEADLINE)
+    rows = [head, sep]
+    for name, m in models.items():
+        rows.append(f"| {name} | " + " | ".join(_cell(f(m)) for _, _, f in HEADLINE) + " |")
+    if models:
+        any_m = next(iter(models.values()))
+        chance = [
+            any_m.get("retrieval", {}).get("chance_recall@1"),
+            None,
+            None,
+            any_m.get("retrieval_same_colour", {}).get("chance_recall@1"),
+            any_m.get("knn", {}).get("chance"),
+            any_m.get("knn", {}).get("chance"),
+            any_m.get("knn", {}).get("chance"),
+        ] + [None] * (len(HEADLINE) - 7)
+        rows.append("| *chance* | " + " | ".join(_cell(c) for c in chance) + " |")
+    return "\n".join(rows)
+
+
+def comparison_lines(models: dict[str, dict]) -> list[str]:
+    """Physical vs photometric models (by the flag their checkpoint carries): mean R@1 of
+    each kind, the spread (max - min) across seeds, and whether the gap exceeds it."""
+    kinds: dict[str, list[float]] = {"physical": [], "photometric": []}
+    for m in models.values():
+        flag = m.get("model", {}).get("physical_augmentation")
+        r1 = m.get("retrieval", {}).get("recall@1")
+        if flag is None or r1 is None:
+            continue
+        kinds["physical" if flag else "photometric"].append(r1)
+    if not kinds["physical"] or not kinds["photometric"]:
+        return []
+    phys, photo = np.array(kinds["physical"]), np.array(kinds["photometric"])
+    gap = phys.mean() - photo.mean()
+    spread = max(np.ptp(phys), np.ptp(photo))
+    lines = [
+        f"- Physical augmentation: mean R@1 {phys.mean():.3f} over {phys.size} model(s); "
+        f"photometric baseline: {photo.mean():.3f} over {photo.size}; difference "
+        f"{gap:+.3f}."
+    ]
+    if phys.size > 1 and photo.size > 1:
+        verdict = "larger" if abs(gap) > spread else "not larger"
+        lines.append(
+            f"- Seed-to-seed spread (max - min within a kind): {spread:.3f}; the difference is "
+            f"{verdict} than the spread."
+        )
+    else:
+        lines.append("- One model per kind: no seed-to-seed spread to compare against.")
+    return lines
+
+
+def _model_line(name: str, m: dict) -> str:
+    info = m.get("model", {})
+    bits = [f"`{info.get('spec', '?')}`"]
+    for key in ("arch", "step", "physical_augmentation", "eval_image_size"):
+        if info.get(key) is not None:
+            bits.append(f"{key}={info[key]}")
+    return f"- **{name}**: " + ", ".join(bits)
+
+
+def write_report(out_dir: str | Path) -> Path:
+    """Draw every figure and write ``report.md`` from the model folders under ``out_dir``."""
+    out = Path(out_dir)
+    names = sorted(p.parent.name for p in out.glob("*/metrics.json"))
+    if not names:
+        raise FileNotFoundError(
+            f"{out}: no <model>/metrics.json inside; run `phieat-eval run ... --out {out}` first"
+        )
+    order_file = out / "models.json"
+    if order_file.exists():
+        listed = [n for n in json.loads(order_file.read_text()) if n in names]
+        names = listed + [n for n in names if n not in listed]
+    models = {n: json.loads((out / n / "metrics.json").read_text()) for n in names}
+    figs = out / "figures"
+    lines = ["# phieat evaluation report", ""]
+    first = models[names[0]]
+    data = first.get("data", {})
+    counts = first.get("counts", {})
+    lines += [
+        f"Eval data: `{data.get('eval_data', '?')}` — {counts.get('object_views', 0)} object views "
+        f"of {counts.get('materials', 0)} materials, {counts.get('selection_views', 0)} "
+        "material-selection views.",
+        f"Val data (thresholds, probe hyper-parameters): `{data.get('val_data') or 'none'}`.",
+        f"Leakage check against the training index: {data.get('leakage_check', 'not run')}.",
+        "",
+        "## Headline",
+        "",
+        headline_table(models),
+        "",
+        "R@k / mAP: for each view, the gallery is every view whose mesh *and* light differ from "
+        "it; a hit shows the same material. Same-colour: the gallery keeps only the "
+        f"{first.get('config', {}).get('n_negatives', '?')} wrong views closest in mean colour. "
+        "k-NN: temperature-weighted vote of the nearest views of *other* materials. Selection: "
+        "patch-feature similarity to a clicked pixel, thresholded (threshold chosen on "
+        f"{first.get('selection', {}).get('threshold_from', 'a separate split')}).",
+        "",
+    ]
+    comp = comparison_lines(models)
+    if comp:
+        lines += ["## Physical vs photometric", "", *comp, ""]
+    lines += ["## Models", "", *[_model_line(n, models[n]) for n in names], ""]
+
+    runs = {}
+    for n in names:
+        path = out / n / "train_metrics.jsonl"
+        if path.exists():
+            series = loss_series(read_metrics_jsonl(path))
+            if series:
+                runs[n] = series
+    if runs:
+        _save_png(loss_curves(runs), figs / "loss_curves.png")
+        lines += ["## Training losses", "", "![loss curves](figures/loss_curves.png)", ""]
+
+    for section, key, draw in (
+        ("Retrieval examples", "retrieval", _draw_retrieval),
+        ("Material selection", "selection", _draw_selection),
+        ("Patch features (PCA)", "pca", _draw_pca),
+    ):
+        shown = []
+        for n in names:
+            npz = out / n / "figures.npz"
+            if not npz.exists():
+                continue
+            with np.load(npz, allow_pickle=False) as f:
+                img = draw(f, n)
+            if img is not None:
+                rel = f"figures/{n}_{key}.png"
+                _save_png(img, out / rel)
+                shown.append(f"![{n} {key}]({rel})")
+        if shown:
+            lines += [f"## {section}", "", *[s + "\n" for s in shown]]
+
+    lines += ["## All metrics", "", "Per model in `<name>/metrics.json`.", ""]
+    path = write_text_atomic(out / "report.md", "\n".join(lines) + "\n")
+    logger.info("wrote %s", path)
+    return path
+
+
+def _draw_retrieval(f: np.lib.npyio.NpzFile, name: str) -> Image.Image | None:
+    if "retrieval_images" not in f or not f["retrieval_images"].size:
+        return None
+    return retrieval_grid(
+        f["retrieval_images"],
+        f["retrieval_labels"],
+        f["retrieval_correct"],
+        f"{name}: cross-shape / cross-light retrieval",
+    )
+
+
+def _draw_selection(f: np.lib.npyio.NpzFile, name: str) -> Image.Image | None:
+    if "selection_images" not in f or not f["selection_images"].size:
+        return None
+    return selection_figure(
+        f["selection_images"],
+        f["selection_query"],
+        f["selection_sim"],
+        float(f["selection_threshold"]),
+        f"{name}: click a pixel, select the same material",
+    )
+
+
+def _draw_pca(f: np.lib.npyio.NpzFile, name: str) -> Image.Image | None:
+    if "pca_images" not in f or not f["pca_images"].size:
+        return None
+    return pca_figure(f["pca_images"], f["pca_patches"], f"{name}: patch features, PCA")
+
+
+def figure_arrays(figures: dict, images: np.ndarray, material: np.ndarray) -> dict:
+    """Turn the index-based figure data of ``protocol.evaluate`` into self-contained arrays
+    (pixels included) for ``figures.npz``."""
+    out: dict = {}
+    if "retrieval_query" in figures:
+        q, top = figures["retrieval_query"], figures["retrieval_topk"]
+        idx = np.concatenate([q[:, None], top], axis=1)
+        blank = np.zeros_like(images[0])
+        out["retrieval_images"] = np.stack(
+            [np.stack([images[i] if i >= 0 else blank for i in row]) for row in idx]
+        )
+        out["retrieval_labels"] = np.array(
+            [[material[i] if i >= 0 else "" for i in row] for row in idx], dtype=str
+        )
+        out["retrieval_correct"] = figures["retrieval_correct"]
+    if "selection_view" in figures and len(figures["selection_view"]):
+        out["selection_images"] = images[figures["selection_view"]]
+        out["selection_query"] = figures["selection_query"]
+        out["selection_sim"] = figures["selection_sim"]
+        out["selection_threshold"] = figures["selection_threshold"]
+    if "pca_views" in figures:
+        out["pca_images"] = images[figures["pca_views"]]
+        out["pca_patches"] = figures["pca_patches"].astype(np.float32)
+    return out
