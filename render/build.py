@@ -211,6 +211,19 @@ def load_snapshots(version_url: str) -> list[dict]:
     return [storage.read_json(storage.join(folder, n)) for n in sorted(names)]
 
 
+def failed_materials(version_url: str) -> set[str]:
+    """Material IDs that published shards of a version recorded as failed (from sidecars)."""
+    failed: set[str] = set()
+    for name in storage.list_names(version_url):
+        if name.startswith("shard-") and name.endswith(".json"):
+            try:
+                sidecar = storage.read_json(storage.join(version_url, name))
+            except storage.StorageError:
+                continue
+            failed.update(f["material_id"] for f in sidecar.get("failures", []))
+    return failed
+
+
 def published_sidecar(
     version_url: str, shard: ShardPlan, deep: bool = True
 ) -> tuple[dict | None, str]:
@@ -465,7 +478,7 @@ def _build_locked(
 ) -> BuildResult:
     b = spec.build
     previous = load_snapshots(version_url)
-    plan = make_plan(spec, catalogs, previous)
+    plan = make_plan(spec, catalogs, previous, failed_materials(version_url) if previous else None)
     if plan.new is not None:
         name = snapshot_name(plan.new["generation"])
         storage.write_json(storage.join(version_url, SNAPSHOT_DIR, name), plan.new, indent=None)
@@ -551,7 +564,11 @@ def _build_locked(
     result.failures = failures
     result.samples = index["samples"]
     result.complete = index["complete"]
-    fraction = len(failures) / max(1, plan.num_samples)
+    # A failure whose material rendered in a later sample (its entry was fixed) stays in the
+    # record but no longer counts against the threshold.
+    rendered_ids = set(index["materials"])
+    open_failures = [f for f in failures if f["material_id"] not in rendered_ids]
+    fraction = len(open_failures) / max(1, plan.num_samples)
     if not result.complete:
         result.reasons.append(
             f"{len(plan.shards) - len(index['shards'])} shard(s) not published: "
@@ -559,7 +576,7 @@ def _build_locked(
         )
     if fraction > b.max_failure_fraction:
         result.reasons.append(
-            f"{len(failures)} of {plan.num_samples} samples failed ({fraction:.1%}), above "
+            f"{len(open_failures)} of {plan.num_samples} samples failed ({fraction:.1%}), above "
             f"[build].max_failure_fraction = {b.max_failure_fraction:.1%}; see {FAILURES_NAME}"
         )
     result.exit_code = 1 if result.reasons else 0

@@ -62,7 +62,12 @@ def _load(args: argparse.Namespace):
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from render.build import expected_blender_version, load_snapshots, published_sidecar
+    from render.build import (
+        expected_blender_version,
+        failed_materials,
+        load_snapshots,
+        published_sidecar,
+    )
     from render.plan import dataset_version, describe, estimate, load_catalogs, make_plan
 
     spec = _load(args)
@@ -70,7 +75,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     version = dataset_version(spec, blender)
     version_url = storage.join(spec.dataset.output, version)
     previous = load_snapshots(version_url)
-    plan = make_plan(spec, load_catalogs(spec), previous)
+    failed = failed_materials(version_url) if previous else None
+    plan = make_plan(spec, load_catalogs(spec), previous, failed)
     if args.write:
         storage.write_bytes(args.write, plan.to_json())
         print(f"wrote the plan to {args.write}", file=sys.stderr)

@@ -172,16 +172,24 @@ def _entries_hash(entries: list[dict]) -> str:
     return hash_obj(entries)
 
 
-def new_generation(spec: Spec, catalogs: Catalogs, previous: list[dict]) -> dict | None:
-    """The next generation's snapshot, or ``None`` when the catalogs add nothing to plan."""
+def new_generation(
+    spec: Spec, catalogs: Catalogs, previous: list[dict], failed: set[str] | None = None
+) -> dict | None:
+    """The next generation's snapshot, or ``None`` when the catalogs add nothing to plan.
+
+    ``failed`` are material IDs recorded as failed in published shards: one whose catalog
+    entry has changed since it was planned (the fix) gets a new sample in this generation.
+    """
     materials, meshes, lights = _select(spec, catalogs)
     generation = len(previous)
     planned: dict[str, int] = {}
+    last_entry: dict[str, dict] = {}
     seen_meshes: set[str] = set()
     seen_lights: set[str] = set()
     for snap in previous:
         for sample in snap["samples"]:
             planned[sample["material"]] = max(planned.get(sample["material"], -1), sample["group"])
+        last_entry.update({m["id"]: m for m in snap["materials"]})
         seen_meshes.update(snap["pools"]["all"]["meshes"])
         seen_lights.update(snap["pools"]["all"]["lights"])
 
@@ -195,6 +203,11 @@ def new_generation(spec: Spec, catalogs: Catalogs, previous: list[dict]) -> dict
         {"material": m["id"], "group": g, "pool": "all"}
         for m in fresh
         for g in range(spec.dataset.samples_per_material)
+    ]
+    samples += [
+        {"material": m["id"], "group": planned[m["id"]] + 1, "pool": "all"}
+        for m in materials
+        if m["id"] in (failed or set()) and m["id"] in planned and m != last_entry.get(m["id"])
     ]
     new_meshes = [m for m in meshes if m["id"] not in seen_meshes]
     new_lights = [m for m in lights if m["id"] not in seen_lights]
@@ -403,13 +416,21 @@ class Plan:
         return (canonical_json(self.to_dict()) + "\n").encode("utf-8")
 
 
-def make_plan(spec: Spec, catalogs: Catalogs, previous: list[dict] | None = None) -> Plan:
-    """Plan a dataset version: the ``previous`` generations' snapshots plus what is new."""
+def make_plan(
+    spec: Spec,
+    catalogs: Catalogs,
+    previous: list[dict] | None = None,
+    failed: set[str] | None = None,
+) -> Plan:
+    """Plan a dataset version: the ``previous`` generations' snapshots plus what is new.
+
+    ``failed``: material IDs recorded as failed in published shards (see ``new_generation``).
+    """
     previous = list(previous or [])
     for i, snap in enumerate(previous):
         if snap.get("generation") != i:
             raise PlanError(f"plan snapshot {snapshot_name(i)} is missing or out of order")
-    new = new_generation(spec, catalogs, previous)
+    new = new_generation(spec, catalogs, previous, failed)
     generations = previous + ([new] if new else [])
     if not generations:
         raise PlanError(

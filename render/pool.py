@@ -45,7 +45,10 @@ from render.writer import Session, render_shard
 logger = logging.getLogger("phieat.render")
 
 GPU_DEVICES = ("OPTIX", "CUDA")
-DEFAULT_KERNEL_CACHE = Path.home() / ".cache" / "phieat" / "cycles-kernels"
+# Persistent per-node folder for compiled Cycles GPU kernels (a mounted volume on clusters).
+DEFAULT_KERNEL_CACHE = Path(
+    os.environ.get("PHIEAT_KERNEL_CACHE", Path.home() / ".cache" / "phieat" / "cycles-kernels")
+)
 
 
 def open_session(

@@ -146,3 +146,19 @@ def test_local_pool_recycles_its_session(make_spec):
     assert result.exit_code == 0
     # one session to learn the Blender version + one per shard after each recycle
     assert pool_fakes.FakeSession.instances - before == 3
+
+
+def test_fixed_failed_material_gets_a_new_sample_in_a_new_shard(make_spec, catalog_dir):
+    broken = pool_fakes.material("bad-tex", fail=1)
+    pool_fakes.write_catalogs(catalog_dir, extra_materials=[broken])
+    spec = make_spec(build={"max_failure_fraction": 0.0})
+    first = _build(spec)
+    assert [f["material_id"] for f in first.failures] == ["bad-tex"] and first.exit_code == 1
+    assert _build(spec).rendered == []  # unchanged entry: not retried, published shards stay
+    fixed = pool_fakes.material("bad-tex")  # the catalog entry is repaired
+    pool_fakes.write_catalogs(catalog_dir, extra_materials=[fixed])
+    again = _build(spec)
+    assert again.rendered == ["shard-000004.tar"] and again.exit_code == 0
+    index = storage.read_json(again.index_url)
+    assert "bad-tex" in index["materials"]
+    assert "bad-tex__g0001" in _keys(again.version_url, index)

@@ -1,0 +1,298 @@
+"""Render throughput: the Ray pool vs the pure Cycles floor vs a fresh process per material.
+
+    python bench/render_bench.py                           # 128/16 and 256/32, 6 materials x 3 views
+    python bench/render_bench.py --configs 128/16 --materials 8 --views 4
+    python bench/render_bench.py --memory 200              # worker RSS after 20 vs 200 renders
+
+For each resolution/samples pair it renders the same plan (mesh and light change between the
+views of a material, as in a real plan) four ways and prints:
+
+* ``pool 1x2`` / ``pool 2x1``: ``render.build.build`` through ``RenderPool`` with 1 actor x 2
+  Cycles threads and 2 actors x 1 thread (actors already started; steady state);
+* ``floor``: the time Cycles itself spent in ``bpy.ops.render.render`` for those views (from
+  each view's ``engine_time_s``), spread over the same cores: the best any driver can do;
+* ``naive``: one fresh Python + Blender process per material rendering its views with 2
+  threads and exiting, as most render scripts do.
+
+Numbers: images/s, core-seconds per image (wall x cores / images), and the pool's overhead
+over the floor in %. Uses ``manifests/*.jsonl`` when present, else a small built-in set of
+uniform materials, primitive meshes and the HDRIs bundled with bpy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from render import storage  # noqa: E402
+from render.build import build  # noqa: E402
+from render.plan import load_catalogs, make_plan  # noqa: E402
+from render.spec import spec_from_dict  # noqa: E402
+from render.verify import iter_tar_samples  # noqa: E402
+
+CORES = 2
+
+NAIVE_SCRIPT = """
+import json, sys
+from render.blender.session import BlenderSession
+jobs = json.load(open(sys.argv[1]))
+session = BlenderSession(threads=int(sys.argv[2]))
+for job in jobs:
+    view = session.render_view(job)
+    open(sys.argv[3] + f"/{job['key']}.{job['view']}.img", "wb").write(view.image)
+"""
+
+MEMORY_SCRIPT = """
+import json, sys
+from render.blender.session import BlenderSession
+jobs = json.load(open(sys.argv[1]))
+total, per_shard = int(sys.argv[2]), int(sys.argv[3])
+session = BlenderSession(threads=1)
+rss = {}
+for n in range(1, total + 1):
+    session.render_view(jobs[(n - 1) % len(jobs)])
+    if n % per_shard == 0:
+        session.reset()
+        rss[n] = session.rss_mb()
+print(json.dumps(rss))
+"""
+
+
+def builtin_catalogs(folder: Path, n_materials: int) -> Path:
+    """Uniform materials with varied params, 4 primitive meshes, 4 bundled HDRIs."""
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def write(name: str, entries: list[dict]) -> None:
+        lines = [json.dumps(e, sort_keys=True) for e in sorted(entries, key=lambda e: e["id"])]
+        (folder / name).write_text("\n".join(lines) + "\n")
+
+    common = {"licence": "CC0-1.0", "split": "train"}
+    write(
+        "materials.jsonl",
+        [
+            {
+                "id": f"bench-{i:03d}",
+                "category": "plastic",
+                "source": "procedural",
+                "family": "uniform",
+                "params": {
+                    "base_color": [0.2 + 0.1 * (i % 7), 0.3, 0.6 - 0.05 * (i % 9)],
+                    "roughness": 0.1 + 0.08 * (i % 10),
+                    "metallic": float(i % 2),
+                },
+                "group": f"bench-{i:03d}",
+                **common,
+            }
+            for i in range(n_materials)
+        ],
+    )
+    write(
+        "meshes.jsonl",
+        [
+            {
+                "id": "mesh-" + s.replace("_", "-"),
+                "kind": "primitive",
+                "params": {"shape": s},
+                "size_m": 0.3,
+                "group": "mesh-" + s.replace("_", "-"),
+                **common,
+            }
+            for s in ("uv_sphere", "cube", "torus", "cylinder")
+        ],
+    )
+    write(
+        "lights.jsonl",
+        [
+            {
+                "id": f"hdri-{n}",
+                "kind": "hdri",
+                "params": {},
+                "path": f"bpy:studiolights/world/{n}.exr",
+                "group": n,
+                **common,
+            }
+            for n in ("city", "forest", "studio", "sunset")
+        ],
+    )
+    return folder
+
+
+def make_spec(
+    catalogs: Path,
+    output: str,
+    res: int,
+    spp: int,
+    materials: int,
+    views: int,
+    denoise: bool,
+    shard_size: int = 3,
+):
+    raw = {
+        "dataset": {
+            "name": "bench",
+            "output": output,
+            "views": views,
+            "shard_size": shard_size,
+            "max_materials": materials,
+        },
+        "catalogs": {
+            "materials": str(catalogs / "materials.jsonl"),
+            "meshes": str(catalogs / "meshes.jsonl"),
+            "lights": str(catalogs / "lights.jsonl"),
+            "split": "all",
+        },
+        "render": {"resolution": res, "samples": spp, "denoise": denoise, "passes": []},
+        "build": {"max_failure_fraction": 1.0, "recycle_after_shards": 0},
+    }
+    return spec_from_dict(raw, "bench")
+
+
+def engine_seconds(version_url: str) -> tuple[float, int]:
+    total, images = 0.0, 0
+    index = storage.read_json(storage.join(version_url, "index.json"))
+    for shard in index["shards"]:
+        for _, members in iter_tar_samples(storage.join(version_url, shard["name"])):
+            for view in json.loads(members["json"])["views"]:
+                total += view["engine_time_s"]
+                images += 1
+    return total, images
+
+
+def run_pool(spec, workers: int, threads: int) -> dict:
+    from render.pool import RenderPool
+
+    pool = RenderPool(workers=workers, threads_per_worker=threads, recycle_after_shards=0)
+    try:
+        pool.worker_info()  # actors started and bpy imported before the clock starts
+        started = time.perf_counter()
+        result = build(spec, pool=pool, progress=False)
+        wall = time.perf_counter() - started
+    finally:
+        pool.close()
+    engine, images = engine_seconds(result.version_url)
+    floor = engine / workers  # each actor renders its views back to back
+    return {"wall": wall, "images": images, "floor": floor, "engine": engine}
+
+
+def run_naive(spec, threads: int) -> dict:
+    plan = make_plan(spec, load_catalogs(spec))
+    samples = [s for shard in plan.shards for s in shard.samples]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    with tempfile.TemporaryDirectory() as tmp:
+        started = time.perf_counter()
+        for sample in samples:  # one fresh process per material
+            jobs = Path(tmp) / "jobs.json"
+            jobs.write_text(json.dumps(sample["views"]))
+            subprocess.run(
+                [sys.executable, "-c", NAIVE_SCRIPT, str(jobs), str(threads), tmp],
+                check=True,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        wall = time.perf_counter() - started
+    return {"wall": wall, "images": sum(len(s["views"]) for s in samples)}
+
+
+def run_memory(catalogs: Path, total: int, tmp: str) -> dict:
+    spec = make_spec(catalogs, f"{tmp}/mem", 32, 2, 10**6, 2, False)
+    plan = make_plan(spec, load_catalogs(spec))
+    jobs = [j for shard in plan.shards for s in shard.samples for j in s["views"]]
+    path = Path(tmp) / "mem-jobs.json"
+    path.write_text(json.dumps(jobs))
+    out = subprocess.run(
+        [sys.executable, "-c", MEMORY_SCRIPT, str(path), str(total), "10"],
+        check=True,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        capture_output=True,
+        text=True,
+    ).stdout
+    return {int(k): v for k, v in json.loads(out.strip().splitlines()[-1]).items()}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--configs", default="128/16,256/32", help="resolution/samples pairs")
+    parser.add_argument("--materials", type=int, default=6)
+    parser.add_argument("--shard-size", type=int, default=3, help="samples per shard (one task)")
+    parser.add_argument("--views", type=int, default=3)
+    parser.add_argument("--denoise", action="store_true", help="OpenImageDenoise on every view")
+    parser.add_argument("--skip-naive", action="store_true")
+    parser.add_argument(
+        "--memory", type=int, default=0, help="also measure RSS after this many renders"
+    )
+    parser.add_argument(
+        "--catalogs", help="folder with materials/meshes/lights.jsonl (default: manifests/)"
+    )
+    args = parser.parse_args()
+
+    import ray
+
+    ray.init(num_cpus=CORES, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(args.catalogs) if args.catalogs else ROOT / "manifests"
+        if not (folder / "materials.jsonl").exists():
+            folder = builtin_catalogs(Path(tmp) / "catalogs", max(args.materials, 200))
+        print(f"catalogs {folder}; {args.materials} materials x {args.views} views; {CORES} cores")
+        print(
+            f"{'config':>8} {'run':>9} {'images':>6} {'wall s':>7} {'img/s':>6} {'core-s/img':>10} {'vs floor':>9}"
+        )
+        for config in args.configs.split(","):
+            res, spp = (int(x) for x in config.split("/"))
+            rows = []
+            for workers, threads in ((1, 2), (2, 1)):
+                spec = make_spec(
+                    folder,
+                    f"{tmp}/{config.replace('/', '-')}-{workers}x{threads}",
+                    res,
+                    spp,
+                    args.materials,
+                    args.views,
+                    args.denoise,
+                    args.shard_size,
+                )
+                r = run_pool(spec, workers, threads)
+                overhead = 100.0 * (r["wall"] / r["floor"] - 1.0)
+                rows.append(
+                    (f"pool {workers}x{threads}", r["images"], r["wall"], f"{overhead:+.0f}%")
+                )
+                rows.append((f"floor {workers}x{threads}", r["images"], r["floor"], ""))
+            if not args.skip_naive:
+                n = run_naive(spec, CORES)
+                pool_1x2 = rows[0][2]
+                rows.append(
+                    (
+                        "naive",
+                        n["images"],
+                        n["wall"],
+                        f"pool 1x2 is {n['wall'] / pool_1x2:.2f}x faster",
+                    )
+                )
+            for name, images, wall, note in rows:
+                print(
+                    f"{config:>8} {name:>9} {images:6d} {wall:7.2f} {images / wall:6.2f} {wall * CORES / images:10.2f} {note:>9}"
+                )
+        if args.memory:
+            rss = run_memory(folder, args.memory, tmp)
+            first = rss[min(k for k in rss if k >= 20)]
+            last = rss[max(rss)]
+            print(
+                f"memory: RSS after 20 renders {first:.0f} MB, after {max(rss)} renders {last:.0f} MB ({100 * (last / first - 1):+.1f}%)"
+            )
+    ray.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
