@@ -237,9 +237,9 @@ def main() -> int:
     )
     args = parser.parse_args()
 
-    import ray
+    from render.pool import ensure_ray, shutdown_ray
 
-    ray.init(num_cpus=CORES, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    ensure_ray(num_cpus=CORES)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(args.catalogs) if args.catalogs else ROOT / "manifests"
         if not (folder / "materials.jsonl").exists():
@@ -290,7 +290,7 @@ def main() -> int:
             print(
                 f"memory: RSS after 20 renders {first:.0f} MB, after {max(rss)} renders {last:.0f} MB ({100 * (last / first - 1):+.1f}%)"
             )
-    ray.shutdown()
+    shutdown_ray()
     return 0
 
 

@@ -192,6 +192,12 @@ def ensure_ray(
         ray.init(num_cpus=num_cpus, **kwargs)
 
 
+def shutdown_ray() -> None:
+    """Disconnect from (or stop the local) Ray."""
+    if ray.is_initialized():
+        ray.shutdown()
+
+
 class RenderPool:
     """Ray actors rendering shards; see the module docstring for the failure policy."""
 
