@@ -62,8 +62,10 @@ class BackboneExtractor:
     ``load_backbone_for_eval`` returned (or a similar dict) and ends up in the report.
     """
 
-    def __init__(self, backbone: torch.nn.Module, info: dict, image_size: int) -> None:
-        self.backbone = backbone.eval()
+    def __init__(
+        self, backbone: torch.nn.Module, info: dict, image_size: int, device: str = "cpu"
+    ) -> None:
+        self.backbone = backbone.eval().to(device)
         self.info = dict(info)
         patch = int(info.get("patch_size") or backbone.patch_size)
         self.image_size = max(patch, image_size - image_size % patch)
@@ -93,7 +95,11 @@ CKPT                    a phieat export, training checkpoint or training out_dir
 
 
 def random_backbone(
-    arch: str = DEFAULT_RANDOM_ARCH, image_size: int = 64, patch_size: int = 8, seed: int = 0
+    arch: str = DEFAULT_RANDOM_ARCH,
+    image_size: int = 64,
+    patch_size: int = 8,
+    seed: int = 0,
+    device: str = "cpu",
 ) -> BackboneExtractor:
     """A randomly initialised backbone (the untrained floor), seeded, no downloads.
 
@@ -105,10 +111,12 @@ def random_backbone(
         torch.manual_seed(seed)
         backbone = build_backbone(model_kwargs(arch, img_size=image_size, patch_size=patch_size))
     info = {"arch": arch, "patch_size": backbone.patch_size, "init": "random", "seed": seed}
-    return BackboneExtractor(backbone, info, image_size)
+    return BackboneExtractor(backbone, info, image_size, device)
 
 
-def random_like(source: str, image_size: int, seed: int = 0) -> BackboneExtractor:
+def random_like(
+    source: str, image_size: int, seed: int = 0, device: str = "cpu"
+) -> BackboneExtractor:
     """The architecture of a trained backbone with fresh random weights."""
     from train.models import load_backbone_for_eval
 
@@ -123,10 +131,10 @@ def random_like(source: str, image_size: int, seed: int = 0) -> BackboneExtracto
                 if hasattr(module, "reset_parameters"):
                     module.reset_parameters()
     info = {**info, "init": "random", "seed": seed, "config": None}
-    return BackboneExtractor(backbone, info, image_size)
+    return BackboneExtractor(backbone, info, image_size, device)
 
 
-def pretrained(arch: str, path: str, image_size: int) -> BackboneExtractor:
+def pretrained(arch: str, path: str, image_size: int, device: str = "cpu") -> BackboneExtractor:
     """A local DINOv2 / DINOv3 / timm backbone file loaded into the trainer's backbone."""
     from train.models import build_backbone, model_kwargs
     from train.models.pretrained import load_pretrained_backbone
@@ -136,7 +144,7 @@ def pretrained(arch: str, path: str, image_size: int) -> BackboneExtractor:
     backbone = build_backbone(model_kwargs(arch, img_size=image_size))
     report = load_pretrained_backbone(backbone, path)
     info = {"arch": arch, "patch_size": backbone.patch_size, "source": path, "load": report}
-    return BackboneExtractor(backbone, info, image_size)
+    return BackboneExtractor(backbone, info, image_size, device)
 
 
 def load_model(spec: str, image_size: int, device: str = "cpu", seed: int = 0) -> Extractor:
@@ -150,17 +158,17 @@ def load_model(spec: str, image_size: int, device: str = "cpu", seed: int = 0) -
     if kind == "random":
         # The default tiny ViT gets patch 8 so a 64 px image still has an 8 x 8 grid.
         return random_backbone(
-            rest or DEFAULT_RANDOM_ARCH, image_size, patch_size=0 if rest else 8, seed=seed
+            rest or DEFAULT_RANDOM_ARCH, image_size, 0 if rest else 8, seed, device
         )
     if kind == "random-like":
         if not rest:
             raise ValueError("--model NAME=random-like:CKPT needs a checkpoint after the colon")
-        return random_like(rest, image_size=image_size, seed=seed)
+        return random_like(rest, image_size=image_size, seed=seed, device=device)
     if kind == "pretrained":
         arch, _, path = rest.partition(":")
         if not arch or not path:
             raise ValueError(f"--model NAME=pretrained:ARCH:FILE, got {spec!r}")
-        return pretrained(arch, path, image_size=image_size)
+        return pretrained(arch, path, image_size=image_size, device=device)
     return load_checkpoint(spec, image_size=image_size, device=device)
 
 
@@ -171,4 +179,4 @@ def load_checkpoint(path: str, image_size: int, device: str = "cpu") -> Backbone
     if "://" not in path and not Path(path).exists():
         raise FileNotFoundError(f"--model checkpoint {path!r} does not exist")
     backbone, info = load_backbone_for_eval(path, device=device)
-    return BackboneExtractor(backbone, info, image_size)
+    return BackboneExtractor(backbone, info, image_size, device)

@@ -172,9 +172,8 @@ def selection_figure(
     canvas = Image.new("RGB", (width, head + s * (size + pad) + 20), "white")
     draw = ImageDraw.Draw(canvas)
     draw.text((pad, 6), title, fill="black", font=font)
-    for c, text in enumerate(
-        ("image + query pixel", "cosine similarity", f"selected (>= {threshold:.2f})")
-    ):
+    columns = ("image + query pixel", "similarity (min..max per map)", f"cos >= {threshold:.2f}")
+    for c, text in enumerate(columns):
         draw.text((pad + c * (size + pad), 28), text, fill=(70, 70, 70), font=small)
     for r in range(s):
         y = head + r * (size + pad)
@@ -186,7 +185,8 @@ def selection_figure(
         qy, qx = (queries[r] + 0.5) * scale
         d.ellipse((qx - 6, qy - 6, qx + 6, qy + 6), outline=(255, 255, 255), width=3)
         d.ellipse((qx - 4, qy - 4, qx + 4, qy + 4), outline=(0, 0, 0), width=2)
-        heat = heat_colours((sims[r] + 1) / 2).astype(np.float64)
+        lo, hi = float(sims[r].min()), float(sims[r].max())
+        heat = heat_colours((sims[r] - lo) / max(hi - lo, 1e-6)).astype(np.float64)
         overlay = (0.35 * img + 0.65 * heat).round().astype(np.uint8)
         sel = sims[r] >= threshold
         tint = img.copy()
@@ -203,8 +203,8 @@ def selection_figure(
     yb = head + s * (size + pad) + 4
     xb = pad + size + pad
     canvas.paste(Image.fromarray(bar), (xb, yb))
-    draw.text((xb - 20, yb - 4), "-1", fill=(70, 70, 70), font=small)
-    draw.text((xb + size + 4, yb - 4), "+1", fill=(70, 70, 70), font=small)
+    draw.text((xb - 30, yb - 4), "min", fill=(70, 70, 70), font=small)
+    draw.text((xb + size + 4, yb - 4), "max", fill=(70, 70, 70), font=small)
     return canvas
 
 
