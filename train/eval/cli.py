@@ -124,6 +124,15 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("family", "group", "material"),
         help="linear-probe folds never share this label",
     )
+    run.add_argument(
+        "--matid-ignore",
+        type=int,
+        action="append",
+        default=[],
+        metavar="INDEX",
+        help="a material index of the matid maps that is not a material, e.g. the background "
+        "(repeatable); its pixels are neither queried nor scored",
+    )
     run.add_argument("--no-report", action="store_true", help="write metrics only")
     rep = sub.add_parser("report", help="(re)draw figures and report.md from a run's folder")
     rep.add_argument("out", metavar="DIR", help="the --out folder of `phieat-eval run`")
@@ -208,6 +217,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         n_negatives=args.n_negatives,
         probe_group=args.probe_group,
+        matid_ignore=tuple(args.matid_ignore),
     )
     names = [name for name, _ in args.model]
     if len(set(names)) != len(names):

@@ -45,6 +45,7 @@ class EvalConfig:
     queries_per_region: int = 1
     min_region_pixels: int = 16
     upsample: str = "bilinear"
+    matid_ignore: tuple[int, ...] = ()  # material indices that are not a material (background)
     max_selection_views: int = 200
     n_figure_queries: int = 6
 
@@ -72,7 +73,7 @@ def _selection_inputs(
     patches, matids, queries, valids = [], [], [], []
     for row, i in enumerate(idx):
         # Pixels that count: on an object (mask) and with a material index.
-        valid = es.matids[i] >= 0
+        valid = (es.matids[i] >= 0) & ~np.isin(es.matids[i], cfg.matid_ignore)
         if es.masks is not None:
             valid &= es.masks[i]
         valid = None if valid.all() else valid

@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -454,34 +455,70 @@ def headline_table(models: dict[str, dict]) -> str:
     return "\n".join(rows)
 
 
-def comparison_lines(models: dict[str, dict]) -> list[str]:
-    """Physical vs photometric models (by the flag their checkpoint carries): mean R@1 of
-    each kind, the spread (max - min) across seeds, and whether the gap exceeds it."""
-    kinds: dict[str, list[float]] = {"physical": [], "photometric": []}
-    for m in models.values():
-        flag = m.get("model", {}).get("physical_augmentation")
-        r1 = m.get("retrieval", {}).get("recall@1")
-        if flag is None or r1 is None:
+SEED_SUFFIX = re.compile(r"[-_.]?(?:s|seed)\d+$")
+
+
+def seed_groups(models: dict[str, dict]) -> dict[str, list[str]]:
+    """Models that differ only by a seed suffix (``physical-s0``, ``physical_seed1``) form
+    one group, named without the suffix; every other model is its own group."""
+    groups: dict[str, list[str]] = {}
+    for name in models:
+        groups.setdefault(SEED_SUFFIX.sub("", name) or name, []).append(name)
+    return groups
+
+
+def _r1(m: dict) -> float | None:
+    return m.get("retrieval", {}).get("recall@1")
+
+
+def seed_table(models: dict[str, dict]) -> str:
+    """Markdown table of groups with 2+ seeds: mean and spread (max - min) of key metrics."""
+    rows = []
+    for group, names in seed_groups(models).items():
+        if len(names) < 2:
             continue
-        kinds["physical" if flag else "photometric"].append(r1)
-    if not kinds["physical"] or not kinds["photometric"]:
-        return []
-    phys, photo = np.array(kinds["physical"]), np.array(kinds["photometric"])
-    gap = phys.mean() - photo.mean()
-    spread = max(np.ptp(phys), np.ptp(photo))
-    lines = [
-        f"- Physical augmentation: mean R@1 {phys.mean():.3f} over {phys.size} model(s); "
-        f"photometric baseline: {photo.mean():.3f} over {photo.size}; difference "
-        f"{gap:+.3f}."
-    ]
-    if phys.size > 1 and photo.size > 1:
-        verdict = "larger" if abs(gap) > spread else "not larger"
-        lines.append(
-            f"- Seed-to-seed spread (max - min within a kind): {spread:.3f}; the difference is "
-            f"{verdict} than the spread."
-        )
-    else:
-        lines.append("- One model per kind: no seed-to-seed spread to compare against.")
+        cells = []
+        for key in ("R@1", "mAP", "R@1 same-colour", "sel. IoU"):
+            f = next(fn for h, _, fn in HEADLINE if h == key)
+            vals = [f(models[n]) for n in names]
+            vals = np.array([v for v in vals if v is not None], float)
+            cells.append(f"{vals.mean():.3f} ± {np.ptp(vals) / 2:.3f}" if vals.size else "-")
+        rows.append(f"| {group} | {len(names)} | " + " | ".join(cells) + " |")
+    if not rows:
+        return ""
+    head = (
+        "| group | seeds | R@1 | mAP | R@1 same-colour | sel. IoU |\n|---|---:|---:|---:|---:|---:|"
+    )
+    return head + "\n" + "\n".join(rows)
+
+
+def comparison_lines(models: dict[str, dict]) -> list[str]:
+    """Each physically augmented group against each photometric group (by the
+    ``physical_augmentation`` flag their checkpoints carry): the difference of mean R@1,
+    and whether it exceeds the seed-to-seed spread (max - min within either group)."""
+    kinds: dict[bool, dict[str, np.ndarray]] = {True: {}, False: {}}
+    for group, names in seed_groups(models).items():
+        flags = {models[n].get("model", {}).get("physical_augmentation") for n in names}
+        vals = [_r1(models[n]) for n in names]
+        if len(flags) != 1 or None in flags or None in vals:
+            continue
+        kinds[flags.pop()][group] = np.array(vals, float)
+    lines = []
+    for phys_name, phys in kinds[True].items():
+        for photo_name, photo in kinds[False].items():
+            gap = phys.mean() - photo.mean()
+            line = (
+                f"- **{phys_name}** (physical, {phys.size} seed(s)) vs **{photo_name}** "
+                f"(photometric, {photo.size}): mean R@1 {phys.mean():.3f} vs "
+                f"{photo.mean():.3f}, difference {gap:+.3f}"
+            )
+            if phys.size > 1 and photo.size > 1:
+                spread = max(np.ptp(phys), np.ptp(photo))
+                verdict = "larger" if abs(gap) > spread else "not larger"
+                line += f"; seed-to-seed spread {spread:.3f}: the difference is {verdict}."
+            else:
+                line += "; one seed on a side, so no seed-to-seed spread to compare against."
+            lines.append(line)
     return lines
 
 
@@ -534,6 +571,9 @@ def write_report(out_dir: str | Path) -> Path:
     comp = comparison_lines(models)
     if comp:
         lines += ["## Physical vs photometric", "", *comp, ""]
+    seeds = seed_table(models)
+    if seeds:
+        lines += ["## Seeds", "", "Mean ± half the spread (max - min) over seeds.", "", seeds, ""]
     lines += ["## Models", "", *[_model_line(n, models[n]) for n in names], ""]
 
     runs = {}

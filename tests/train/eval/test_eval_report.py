@@ -44,22 +44,45 @@ def test_heat_colours_and_ticks():
     assert R._nice_ticks(1.0, 9.4) == [2, 4, 6, 8]
 
 
-def test_headline_and_comparison():
-    def m(r1, phys):
-        return {
-            "model": {"physical_augmentation": phys},
-            "retrieval": {"recall@1": r1, "chance_recall@1": 0.05},
-            "knn": {"knn@10": 0.5, "chance": 0.25},
-        }
+def _m(r1, phys):
+    return {
+        "model": {"physical_augmentation": phys},
+        "retrieval": {"recall@1": r1, "chance_recall@1": 0.05},
+        "knn": {"knn@10": 0.5, "chance": 0.25},
+    }
 
-    models = {"p0": m(0.60, True), "p1": m(0.64, True), "b0": m(0.40, False), "b1": m(0.43, False)}
-    table = R.headline_table(models)
+
+def test_headline_table():
+    table = R.headline_table({"p0": _m(0.6, True), "b": _m(0.4, False)})
     assert "| p0 | 0.600 |" in table and "| *chance* | 0.050 |" in table and "| - |" in table
+
+
+def test_seed_groups_and_comparison():
+    models = {
+        "physical-s0": _m(0.60, True),
+        "physical-s1": _m(0.64, True),
+        "phys-nocontrast_seed0": _m(0.50, True),
+        "photometric-s0": _m(0.40, False),
+        "photometric-s1": _m(0.43, False),
+        "pixels": _m(0.2, None),
+    }
+    groups = R.seed_groups(models)
+    assert groups["physical"] == ["physical-s0", "physical-s1"]
+    assert groups["phys-nocontrast"] == ["phys-nocontrast_seed0"] and groups["pixels"] == ["pixels"]
     lines = R.comparison_lines(models)
-    assert "+0.205" in lines[0] and "spread" in lines[1] and "is larger" in lines[1]
-    assert R.comparison_lines({"p0": m(0.6, True)}) == []
-    close = {"p0": m(0.60, True), "p1": m(0.70, True), "b0": m(0.58, False), "b1": m(0.62, False)}
-    assert "not larger" in R.comparison_lines(close)[1]
+    assert len(lines) == 2  # two physical groups x one photometric group
+    assert "**physical**" in lines[0] and "+0.205" in lines[0] and "is larger" in lines[0]
+    assert "one seed on a side" in lines[1]
+    table = R.seed_table(models)
+    assert "| physical | 2 | 0.620 ± 0.020 |" in table and "pixels" not in table
+    close = {
+        "a-s0": _m(0.60, True),
+        "a-s1": _m(0.70, True),
+        "b-s0": _m(0.58, False),
+        "b-s1": _m(0.62, False),
+    }
+    assert "not larger" in R.comparison_lines(close)[0]
+    assert R.comparison_lines({"p0": _m(0.6, True)}) == []
 
 
 def test_figures_draw(tmp_path):

@@ -1,0 +1,28 @@
+"""The protocol on a tiny synthetic eval set: which views feed which metric, and options."""
+
+from __future__ import annotations
+
+from train.eval.baselines import PixelStats
+from train.eval.data import read_eval_set
+from train.eval.protocol import EvalConfig, evaluate
+
+
+def test_protocol_splits_views_and_ignores_matid(tmp_path, dataset_writer, material_factory):
+    mats = [material_factory(i) for i in range(8)]
+    sel = {m["id"] for m in mats[6:]}
+    d = dataset_writer(
+        tmp_path / "ev", mats, ["a", "b", "c"], ["x", "y"], views=3, size=32, selection=sel
+    )
+    es = read_eval_set(str(d))
+    full = evaluate(PixelStats(4), es, None, EvalConfig(probe_group="material"))
+    m = full.metrics
+    assert m["counts"] == {"views": 24, "object_views": 18, "selection_views": 6, "materials": 6}
+    assert m["retrieval"]["n_queries"] + m["retrieval"]["n_excluded"] == 18
+    assert m["selection"]["threshold_from"].startswith("eval set")
+    assert full.figures["pca_patches"].shape[1:3] == (8, 8)
+    ignored = evaluate(PixelStats(4), es, None, EvalConfig(matid_ignore=(2,))).metrics
+    # one region left per view: half the queries, each of them on material index 1
+    assert ignored["selection"]["n_queries"] * 2 == m["selection"]["n_queries"]
+
+    only_sel = evaluate(PixelStats(4), es.subset(es.has_matid()), None, EvalConfig()).metrics
+    assert "retrieval" not in only_sel and only_sel["counts"]["object_views"] == 0
