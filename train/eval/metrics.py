@@ -566,14 +566,18 @@ def invariance(feats: np.ndarray, material: Sequence, mesh: Sequence, light: Seq
 
     ``intra``: over pairs of different views of the same material. ``inter``: over pairs of
     different materials rendered with the same mesh and the same light. ``ratio`` =
-    intra / inter (lower: the feature follows the material, not the shape or light).
+    intra / inter (lower: the feature follows the material, not the shape or light); None
+    when either is empty or ``inter`` is ~0 (collapsed features).
     """
     feats = np.asarray(feats)
     n = feats.shape[0]
     material = _labels(material, n, "material")
     mesh = _labels(mesh, n, "mesh")
     light = _labels(light, n, "light")
-    dist = 1.0 - cosine_matrix(feats).astype(np.float64)
+    # float64 and clipped: near-collapsed features have distances at rounding level.
+    unit = np.asarray(feats, np.float64)
+    unit = unit / np.maximum(np.linalg.norm(unit, axis=1, keepdims=True), 1e-12)
+    dist = np.clip(1.0 - unit @ unit.T, 0.0, 2.0)
     upper = np.triu(np.ones((n, n), bool), k=1)
     same_mat = material[:, None] == material[None, :]
     same_scene = (mesh[:, None] == mesh[None, :]) & (light[:, None] == light[None, :])
@@ -581,7 +585,7 @@ def invariance(feats: np.ndarray, material: Sequence, mesh: Sequence, light: Seq
     inter_mask = upper & ~same_mat & same_scene
     intra = float(dist[intra_mask].mean()) if intra_mask.any() else None
     inter = float(dist[inter_mask].mean()) if inter_mask.any() else None
-    ratio = intra / inter if intra is not None and inter else None
+    ratio = intra / inter if intra is not None and inter is not None and inter > 1e-9 else None
     return {
         "intra": intra,
         "inter": inter,

@@ -209,25 +209,28 @@ def selection_figure(
     return canvas
 
 
-def pca_figure(images: np.ndarray, patches: np.ndarray, title: str) -> Image.Image:
+def pca_figure(
+    images: np.ndarray, patches: np.ndarray, title: str, per_row: int = 3
+) -> Image.Image:
     """Pairs of (image, PCA of its patch features as RGB); ``patches`` ``(B, h, w, D)``."""
     b = images.shape[0]
     rgb = pca_rgb(patches)
     font, small = _font(15), _font(12)
     size, pad, head = 128, 8, 48
-    canvas = Image.new("RGB", (pad + b * (2 * size + 3 * pad), head + size + pad), "white")
+    pair_w = 2 * size + 4 * pad
+    rows = math.ceil(b / per_row)
+    canvas = Image.new(
+        "RGB", (pad + min(b, per_row) * pair_w, head + rows * (size + pad) + pad), "white"
+    )
     draw = ImageDraw.Draw(canvas)
     draw.text((pad, 6), title, fill="black", font=font)
-    draw.text(
-        (pad, 28),
-        "each pair: view | first 3 principal components of its patch features (RGB)",
-        fill=(70, 70, 70),
-        font=small,
-    )
+    note = "each pair: view | first 3 principal components of its patch features as RGB"
+    draw.text((pad, 28), note, fill=(70, 70, 70), font=small)
     for i in range(b):
-        x = pad + i * (2 * size + 3 * pad)
-        canvas.paste(_thumb(images[i], size), (x, head))
-        canvas.paste(_thumb(rgb[i], size), (x + size + pad // 2, head))
+        x = pad + (i % per_row) * pair_w
+        y = head + (i // per_row) * (size + pad)
+        canvas.paste(_thumb(images[i], size), (x, y))
+        canvas.paste(_thumb(rgb[i], size), (x + size + pad // 2, y))
     return canvas
 
 
@@ -301,7 +304,7 @@ def _fmt(v: float) -> str:
         return "0"
     if abs(v) >= 1000 or abs(v) < 0.01:
         return f"{v:.0e}"
-    return f"{v:g}" if abs(v) >= 1 else f"{v:.2f}"
+    return f"{round(v, 6):g}"
 
 
 def loss_curves(runs: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]) -> Image.Image:

@@ -262,3 +262,10 @@ def test_invariance_perfect_and_empty():
     assert inv["ratio"] == pytest.approx(0.0, abs=1e-6) and inv["n_inter_pairs"] > 0
     none = M.invariance(np.eye(3), [0, 1, 2], [0, 1, 2], [0, 0, 0])
     assert none["intra"] is None and none["inter"] is None and none["ratio"] is None
+
+
+def test_invariance_of_collapsed_features_is_not_a_ratio_of_noise():
+    rng, material, mesh, light = _scene(n_mat=6, views=4, n_mesh=2, n_light=2)
+    feats = np.ones((material.size, 8)) + 1e-9 * rng.standard_normal((material.size, 8))
+    inv = M.invariance(feats, material, mesh, light)
+    assert inv["intra"] >= 0 and inv["inter"] >= 0 and inv["ratio"] is None
