@@ -25,13 +25,12 @@ fsspec URL of such a file.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
-from typing import Any
 
 import fsspec
 import torch
 
+from train.checkpoint import atomic_torch_save
 from train.models.backbone import Backbone, build_backbone, model_kwargs
 from train.models.heads import DINOHead, Predictor, ProjectionHead
 
@@ -51,36 +50,19 @@ __all__ = [
 EXPORT_FORMAT = "phieat-backbone-v1"
 
 
-def export_backbone(backbone: Backbone, kwargs: dict, path: str, extra: dict | None = None) -> str:
-    """Write ``backbone`` (weights + the kwargs that rebuild it) to ``path`` atomically.
+def export_backbone(
+    backbone: Backbone | dict, kwargs: dict, path: str, extra: dict | None = None
+) -> str:
+    """Write a backbone (module or its state dict) and the kwargs that rebuild it to ``path``.
 
-    ``extra`` adds plain metadata (``step``, ``config``, ``physical_augmentation`` ...).
-    The file loads with ``torch.load(..., weights_only=True)``.
+    Written atomically; ``extra`` adds plain metadata (``step``, ``config``,
+    ``physical_augmentation`` ...). The file loads with ``torch.load(..., weights_only=True)``.
     """
-    state = {k: v.detach().to("cpu").clone() for k, v in backbone.state_dict().items()}
+    source = backbone.state_dict() if isinstance(backbone, torch.nn.Module) else backbone
+    state = {k: v.detach().to("cpu").clone() for k, v in source.items()}
     payload = {"format": EXPORT_FORMAT, "model": dict(kwargs), "state_dict": state, **(extra or {})}
-    _atomic_torch_save(payload, path)
+    atomic_torch_save(payload, path)
     return path
-
-
-def _atomic_torch_save(payload: Any, path: str) -> None:
-    if "://" in path and not path.startswith("file://"):
-        tmp = path + ".tmp"
-        fs, fs_path = fsspec.core.url_to_fs(tmp)
-        with fs.open(fs_path, "wb") as handle:
-            torch.save(payload, handle)
-        fs.mv(fs_path, fsspec.core.url_to_fs(path)[1])
-        return
-    target = Path(path.removeprefix("file://"))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _resolve_source(source: str | os.PathLike) -> str:

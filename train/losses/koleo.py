@@ -1,0 +1,38 @@
+"""``L_KoLeo``: spread CLS features by the Kozachenko-Leonenko entropy estimator.
+
+    L = -1/|A| sum_{i in A} log(rho_i + eps),   rho_i = min_{j in N(i)} ||x_i - x_j||_2
+
+on L2-normalised features, where ``N(i)`` excludes ``i`` itself and every sample with the same
+material label (so two views of one material are never pushed apart), and ``A`` is the set of
+anchors that have at least one such neighbour. With no valid anchor (batch of 1, or one
+material) the loss is 0, never NaN. Computed in fp32 with autocast off.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class KoLeoLoss(nn.Module):
+    def __init__(self, eps: float = 1e-8) -> None:
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, features: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """``features[B, D]``, optional ``labels[B]`` int64 -> scalar loss."""
+        with torch.autocast(device_type=features.device.type, enabled=False):
+            x = F.normalize(features.float(), dim=-1, eps=1e-8)
+            n = x.shape[0]
+            invalid = torch.eye(n, dtype=torch.bool, device=x.device)
+            if labels is not None:
+                invalid |= labels.view(-1, 1) == labels.view(1, -1)
+            with torch.no_grad():
+                sims = (x @ x.t()).masked_fill(invalid, -3.0)
+                nearest = sims.argmax(dim=1)
+            valid = ~invalid.all(dim=1)
+            if not bool(valid.any()):
+                return features.sum() * 0.0
+            rho = (x[valid] - x[nearest[valid]]).norm(dim=-1)
+            return -torch.log(rho + self.eps).mean()

@@ -1,0 +1,519 @@
+"""Training loop: student + EMA teacher on shard streams, one CPU to multi-node torchrun.
+
+``main(cfg)`` runs ``cfg.optim.steps`` optimizer steps (all schedules are defined in steps):
+AdamW (fused on CUDA) with cosine lr + warmup scaled by the global batch, cosine weight
+decay, teacher momentum 0.992 -> 1, teacher temperature warmup, gradient clipping, the
+prototype layer frozen for the first steps, optional layer-wise lr decay, bf16 autocast on
+CUDA, optional ``torch.compile``; DDP or FSDP2 (``fully_shard`` per block) under torchrun.
+A non-finite loss aborts before the optimizer steps. Rank 0 logs every loss term, lr, wd,
+momentum, teacher temperature, images/s, data-wait fraction and GPU memory to
+``metrics.jsonl`` and TensorBoard, with a progress bar. Checkpoints (``train.checkpoint``)
+every ``ckpt_every`` steps, at the end and on SIGTERM; a restart resumes from the newest.
+The EMA teacher backbone is exported to ``<out_dir>/export/backbone.pt``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from phieat import schema
+from train.checkpoint import (
+    PreemptionFlag,
+    atomic_torch_save,
+    checkpoint_path,
+    latest_checkpoint,
+    load_checkpoint,
+    load_module_state,
+    load_optimizer_state,
+    module_state,
+    optimizer_state,
+    prune_checkpoints,
+)
+from train.config import TrainConfig, from_dict, to_dict, to_toml
+from train.data import Loader, expand_urls, read_index
+from train.meta_arch import MetaArch, backbone_kwargs
+from train.models import export_backbone
+
+log = logging.getLogger("phieat.train")
+LOSS_NAMES = ("dino", "ibot", "koleo", "gram", "contrast", "total")
+
+
+# ----------------------------------------------------------------------------- schedules
+
+
+def cosine(
+    step: int, total: int, start: float, end: float, warmup: int = 0, warmup_start: float = 0.0
+) -> float:
+    """Linear warmup from ``warmup_start`` to ``start`` over ``warmup`` steps, then cosine to ``end``."""
+    if step < warmup:
+        return warmup_start + (start - warmup_start) * step / max(1, warmup)
+    span = max(1, total - warmup)
+    progress = min(1.0, (step - warmup) / span)
+    return end + 0.5 * (start - end) * (1 + math.cos(math.pi * progress))
+
+
+def peak_lr(cfg: TrainConfig, world: int) -> float:
+    ratio = cfg.data.batch_size * world / 1024.0
+    scale = {"sqrt": math.sqrt(ratio), "linear": ratio, "none": 1.0}[cfg.optim.lr_scaling]
+    return cfg.optim.base_lr * scale
+
+
+def schedules(cfg: TrainConfig, step: int, world: int) -> dict[str, float]:
+    o, loss = cfg.optim, cfg.loss
+    temp_warm = loss.warmup_teacher_temp_steps
+    if step < temp_warm:
+        teacher_temp = (
+            loss.warmup_teacher_temp
+            + (loss.teacher_temp - loss.warmup_teacher_temp) * step / temp_warm
+        )
+    else:
+        teacher_temp = loss.teacher_temp
+    return {
+        "lr": cosine(step, o.steps, peak_lr(cfg, world), o.min_lr, o.warmup_steps),
+        "wd": cosine(step, o.steps, o.weight_decay, o.weight_decay_end),
+        "momentum": cosine(step, o.steps, o.momentum_teacher, o.momentum_teacher_end),
+        "teacher_temp": teacher_temp,
+    }
+
+
+# ----------------------------------------------------------------------------- optimizer
+
+
+def _layer_id(name: str, depth: int) -> int:
+    if name.startswith("backbone."):
+        rest = name[len("backbone.") :]
+        if rest.startswith("vit.blocks."):
+            return int(rest.split(".")[2]) + 1
+        if rest.startswith(("vit.norm", "vit.fc_norm", "vit.head")):
+            return depth + 1
+        return 0
+    return depth + 1
+
+
+def param_groups(student: nn.Module, layer_decay: float) -> list[dict]:
+    """One group per (layer, decay) with ``lr_scale`` (layer decay) and ``wd_scale`` (0 for norms/biases/tokens)."""
+    depth = len(student.backbone.blocks)
+    groups: dict[tuple[int, bool, bool], dict] = {}
+    last_layer = {
+        id(p)
+        for h in (student.dino_head, student.ibot_head)
+        if h is not None
+        for p in h.last_layer.parameters()
+    }
+    for name, param in student.named_parameters():
+        if not param.requires_grad:
+            continue
+        layer = _layer_id(name, depth)
+        no_wd = param.ndim <= 1 or name.endswith(("token", "pos_embed", "bias")) or "gamma" in name
+        is_last = id(param) in last_layer
+        key = (layer, no_wd, is_last)
+        if key not in groups:
+            groups[key] = {
+                "params": [],
+                "lr_scale": layer_decay ** (depth + 1 - layer),
+                "wd_scale": 0.0 if no_wd else 1.0,
+                "is_last_layer": is_last,
+            }
+        groups[key]["params"].append(param)
+    return list(groups.values())
+
+
+def make_optimizer(
+    cfg: TrainConfig, student: nn.Module, device: torch.device
+) -> torch.optim.Optimizer:
+    groups = param_groups(student, cfg.optim.layer_decay)
+    kwargs: dict[str, Any] = {"lr": 0.0, "betas": tuple(cfg.optim.betas), "weight_decay": 0.0}
+    if cfg.optim.fused and device.type == "cuda":
+        kwargs["fused"] = True
+    return torch.optim.AdamW(groups, **kwargs)
+
+
+# ----------------------------------------------------------------------------- runtime
+
+
+def _setup_distributed(cfg: TrainConfig) -> tuple[int, int, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    want_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(
+            "device = 'cuda' but no CUDA device is visible; use device=auto or device=cpu"
+        )
+    device = torch.device("cuda", local) if want_cuda else torch.device("cpu")
+    if want_cuda:
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if want_cuda else "gloo")
+    return rank, world, device
+
+
+def _setup_logging(rank: int) -> None:
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(
+            logging.Formatter(f"%(asctime)s [rank {rank}] %(levelname)s %(message)s", "%H:%M:%S")
+        )
+        log.addHandler(handler)
+    log.setLevel(logging.INFO if rank == 0 else logging.WARNING)
+
+
+def _apply_parallel(
+    cfg: TrainConfig, meta: MetaArch, device: torch.device, world: int
+) -> nn.Module:
+    """Wrap the student for DDP, or shard student/teacher/Gram teacher with FSDP2; returns what to call."""
+    if world == 1:
+        return meta.student
+    if cfg.parallel == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        for module in (meta.student, meta.teacher, meta.gram_teacher):
+            if module is None:
+                continue
+            blocks = module.backbone.blocks if hasattr(module, "backbone") else module.blocks
+            for block in blocks:
+                fully_shard(block)
+            fully_shard(module)
+        return meta.student
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(
+        meta.student, device_ids=[device.index] if device.type == "cuda" else None
+    )
+
+
+class Metrics:
+    """Rank-0 JSONL + TensorBoard writer."""
+
+    def __init__(self, out_dir: Path, tensorboard: bool, enabled: bool) -> None:
+        self.enabled = enabled
+        self.path = out_dir / "metrics.jsonl"
+        self.writer = None
+        if enabled and tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(out_dir / "tensorboard"))
+
+    def write(self, step: int, values: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"step": step, **values}) + "\n")
+        if self.writer is not None:
+            for name, value in values.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self.writer.add_scalar(name, value, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _to_device(batch: dict, device: torch.device, on_device_aug: bool) -> dict:
+    from train.augment import photometric
+
+    out = dict(batch)
+    for name in ("global", "local", "masks", "labels", "global_params", "local_params"):
+        if out.get(name) is not None:
+            out[name] = out[name].to(device, non_blocking=True)
+    if on_device_aug:
+        out["global"] = photometric(out.pop("global"), out.pop("global_params"))
+        if out.get("local") is not None:
+            out["local"] = photometric(out.pop("local"), out.pop("local_params"))
+    return out
+
+
+def _digest(batch: dict) -> str:
+    h = hashlib.blake2b(digest_size=8)
+    h.update(",".join(batch["keys"]).encode())
+    h.update(batch["global"].contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _save(
+    cfg: TrainConfig,
+    meta: MetaArch,
+    optimizer,
+    loader: Loader,
+    step: int,
+    fsdp: bool,
+    rank: int,
+    world: int,
+    index_hash: str,
+) -> str | None:
+    """Gather the full state (collective) and let rank 0 write it atomically."""
+    loader_states: list[Any] = [None] * world
+    if world > 1:
+        dist.all_gather_object(loader_states, loader.state_dict())
+    else:
+        loader_states = [loader.state_dict()]
+    payload = {
+        "step": step,
+        "student": module_state(meta.student, fsdp),
+        "teacher": module_state(meta.teacher, fsdp),
+        "gram_teacher": module_state(meta.gram_teacher, fsdp)
+        if meta.gram_teacher is not None
+        else {},
+        "buffers": {
+            "dino_center": meta.dino_loss.center.detach().cpu().clone(),
+            "ibot_center": meta.ibot_loss.center.detach().cpu().clone(),
+            "gram_snapshot_step": int(meta.gram_snapshot_step),
+        },
+        "optimizer": optimizer_state(meta.student, optimizer, fsdp),
+        "loader": loader_states,
+        "config": to_dict(cfg),
+        "backbone_kwargs": backbone_kwargs(cfg),
+        "index_hash": index_hash,
+        "physical_augmentation": cfg.data.physical_augmentation,
+        "world_size": world,
+    }
+    path = None
+    if rank == 0:
+        ckpt_dir = _ckpt_dir(cfg)
+        path = checkpoint_path(ckpt_dir, step)
+        atomic_torch_save(payload, path)
+        prune_checkpoints(ckpt_dir, cfg.keep_last)
+        log.info("checkpoint %s", path)
+    if world > 1:
+        dist.barrier()
+    return path
+
+
+def _ckpt_dir(cfg: TrainConfig) -> str:
+    return cfg.out_dir.rstrip("/") + "/checkpoints"
+
+
+def _resume(cfg, meta, optimizer, loader, fsdp, rank, world, index_hash) -> int:
+    path = latest_checkpoint(_ckpt_dir(cfg)) if cfg.resume else None
+    if path is None:
+        return 0
+    state = load_checkpoint(path)
+    if state.get("index_hash") and index_hash and state["index_hash"] != index_hash:
+        log.warning(
+            "%s was trained on a different index.json (hash %s, now %s)",
+            path,
+            state["index_hash"],
+            index_hash,
+        )
+    load_module_state(meta.student, state["student"], fsdp)
+    load_module_state(meta.teacher, state["teacher"], fsdp)
+    if meta.gram_teacher is not None and state["gram_teacher"]:
+        load_module_state(meta.gram_teacher, state["gram_teacher"], fsdp)
+    meta.dino_loss.center.copy_(state["buffers"]["dino_center"])
+    meta.ibot_loss.center.copy_(state["buffers"]["ibot_center"])
+    meta.gram_snapshot_step.fill_(int(state["buffers"]["gram_snapshot_step"]))
+    load_optimizer_state(meta.student, optimizer, state["optimizer"], fsdp)
+    if len(state["loader"]) == world:
+        loader.load_state_dict(state["loader"][rank])
+    else:
+        log.warning(
+            "%s was written with %d ranks, now %d: the data stream restarts at its epoch",
+            path,
+            len(state["loader"]),
+            world,
+        )
+        loader.streams = {}
+    log.info("resumed from %s at step %d", path, state["step"])
+    return int(state["step"])
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def main(cfg: TrainConfig) -> dict:
+    """Train as configured; returns a summary (final step, last losses, throughput, export path)."""
+    rank, world, device = _setup_distributed(cfg)
+    _setup_logging(rank)
+    if cfg.threads > 0 and device.type == "cpu":
+        torch.set_num_threads(cfg.threads)
+    fsdp = world > 1 and cfg.parallel == "fsdp"
+    out_dir = Path(cfg.out_dir)
+    if rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tmp = out_dir / "config.toml.tmp"
+        tmp.write_text(to_toml(cfg), encoding="utf-8")
+        os.replace(tmp, out_dir / "config.toml")
+    if not cfg.data.urls:
+        raise ValueError("data.urls is empty: pass data.urls=/path/to/shard-{000000..000009}.tar")
+    shards = expand_urls(cfg.data.urls)
+    index = read_index(cfg.data, shards)
+    index_hash = schema.hash_obj(index) if index else ""
+    if index:
+        total = sum(s["samples"] for s in index["shards"])
+        log.info(
+            "dataset %s %s: %d shards, %d samples",
+            index["dataset"],
+            index["version"],
+            len(index["shards"]),
+            total,
+        )
+
+    torch.manual_seed(cfg.seed)
+    meta = MetaArch(cfg).to(device)
+    student_call = _apply_parallel(cfg, meta, device, world)
+    optimizer = make_optimizer(cfg, meta.student, device)
+    patch = meta.student.backbone.patch_size
+    for name, size in (
+        ("crops.global_size", cfg.crops.global_size),
+        ("crops.local_size", cfg.crops.local_size),
+    ):
+        if size % patch:
+            raise ValueError(
+                f"{name} = {size} is not a multiple of the patch size {patch} of {cfg.model.arch}"
+            )
+    loader = Loader(
+        shards, cfg.data, cfg.crops, patch, cfg.seed, rank, world, pin_memory=device.type == "cuda"
+    )
+    step = _resume(cfg, meta, optimizer, loader, fsdp, rank, world, index_hash)
+    if cfg.compile:
+        student_call = torch.compile(student_call)
+    n_params = sum(p.numel() for p in meta.student.backbone.parameters())
+    log.info(
+        "%s backbone: %.2fM params; %d rank(s) on %s; global batch %d",
+        cfg.model.arch,
+        n_params / 1e6,
+        world,
+        device,
+        cfg.data.batch_size * world,
+    )
+
+    use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+    autocast = (
+        torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+        if use_bf16
+        else contextlib.nullcontext()
+    )
+    metrics = Metrics(out_dir, cfg.tensorboard, rank == 0)
+    preempt = PreemptionFlag().install()
+    stop_at = cfg.stop_at_step or cfg.optim.steps
+    bar = None
+    if rank == 0 and cfg.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.optim.steps, initial=step, desc="train", dynamic_ncols=True)
+    images_per_step = cfg.data.batch_size * world
+    window_start, window_wait, window_steps = time.perf_counter(), 0.0, 0
+    last: dict[str, float] = {}
+    export_path = None
+    data_iter = iter(loader)
+    try:
+        while step < stop_at:
+            t0 = time.perf_counter()
+            batch = next(data_iter)
+            window_wait += time.perf_counter() - t0
+            digest = (
+                _digest(batch)
+                if (step + 1) % cfg.log_every == 0 and batch["global"].device.type == "cpu"
+                else None
+            )
+            batch = _to_device(batch, device, cfg.crops.on_device)
+            sched = schedules(cfg, step, world)
+            for group in optimizer.param_groups:
+                group["lr"] = sched["lr"] * group["lr_scale"]
+                group["weight_decay"] = sched["wd"] * group["wd_scale"]
+            # Model randomness (drop path) is a function of (seed, step, rank): resume is exact.
+            torch.manual_seed((cfg.seed * 1_000_003 + step * 7919 + rank) % (2**63))
+            meta.maybe_refresh_gram(step)
+            with autocast:
+                losses = meta(batch, sched["teacher_temp"], step, student_call)
+            names = [n for n in LOSS_NAMES if n in losses]
+            reduced = torch.stack(
+                [losses[n].detach().float() for n in names]
+                + [torch.tensor(float(preempt.requested), device=device)]
+            )
+            if world > 1:
+                dist.all_reduce(reduced)
+            values = (reduced[:-1] / world).tolist()
+            stop_requested = reduced[-1].item() > 0
+            if not math.isfinite(values[-1]):
+                terms = ", ".join(f"{n}={v:.4g}" for n, v in zip(names, values, strict=True))
+                raise FloatingPointError(
+                    f"non-finite loss at step {step} ({terms}); nothing was updated. Lower optim.base_lr, "
+                    f"raise optim.warmup_steps, or check the data; the last checkpoint is in {_ckpt_dir(cfg)}"
+                )
+            losses["total"].backward()
+            if step < cfg.optim.freeze_last_layer_steps:
+                for group in optimizer.param_groups:
+                    if group["is_last_layer"]:
+                        for p in group["params"]:
+                            p.grad = None
+            grad_norm = float("nan")
+            if cfg.optim.clip_grad > 0:
+                norm = torch.nn.utils.clip_grad_norm_(
+                    meta.student.parameters(), cfg.optim.clip_grad
+                )
+                grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            meta.update_teacher(sched["momentum"])
+            step += 1
+            window_steps += 1
+            last = {f"loss/{n}": v for n, v in zip(names, values, strict=True)}
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{values[-1]:.3f}")
+            if step % cfg.log_every == 0 or step == stop_at:
+                elapsed = time.perf_counter() - window_start
+                record: dict[str, Any] = {
+                    **last,
+                    **sched,
+                    "grad_norm": grad_norm,
+                    "images_per_s": images_per_step * window_steps / max(elapsed, 1e-9),
+                    "step_time_s": elapsed / max(window_steps, 1),
+                    "data_wait": window_wait / max(elapsed, 1e-9),
+                    "epoch": loader.epoch,
+                    "data_errors": sum(loader.errors.values()),
+                    **{f"stats/{k}": float(v) for k, v in meta.last_stats.items()},
+                }
+                if device.type == "cuda":
+                    record["gpu_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
+                if digest is not None:
+                    record["batch_digest"] = digest
+                metrics.write(step, record)
+                last.update({k: v for k, v in record.items() if isinstance(v, (int, float))})
+                window_start, window_wait, window_steps = time.perf_counter(), 0.0, 0
+            if stop_requested:
+                log.warning("stopping at step %d on request (SIGTERM)", step)
+                break
+            if cfg.ckpt_every > 0 and step % cfg.ckpt_every == 0 and step < stop_at:
+                _save(cfg, meta, optimizer, loader, step, fsdp, rank, world, index_hash)
+        _save(cfg, meta, optimizer, loader, step, fsdp, rank, world, index_hash)
+        if cfg.export and step >= cfg.optim.steps:
+            teacher_backbone = module_state(meta.teacher.backbone, fsdp)
+            if rank == 0:
+                export_path = str(out_dir / "export" / "backbone.pt")
+                export_backbone(
+                    teacher_backbone, backbone_kwargs(cfg), export_path,
+                    {"step": step, "config": to_dict(cfg), "physical_augmentation": cfg.data.physical_augmentation},
+                )  # fmt: skip
+                log.info("exported teacher backbone to %s", export_path)
+    finally:
+        preempt.uninstall()
+        metrics.close()
+        if bar is not None:
+            bar.close()
+    return {
+        "step": step,
+        "last": last,
+        "export": export_path,
+        "out_dir": str(out_dir),
+        "rank": rank,
+        "world": world,
+    }
+
+
+def resolved_config_of(checkpoint: str) -> TrainConfig:
+    """The config stored inside a checkpoint."""
+    return from_dict(load_checkpoint(checkpoint)["config"])
