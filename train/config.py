@@ -143,7 +143,8 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    out_dir: str = "out/train"
+    out_dir: str = "out/train"  # local folder: config.toml, metrics.jsonl, tensorboard/, export/
+    ckpt_dir: str = ""  # checkpoints; "" = <out_dir>/checkpoints; may be an fsspec URL (s3://...)
     seed: int = 0
     device: str = "auto"  # "auto", "cpu", "cuda"
     precision: str = "auto"  # "auto" (bf16 on CUDA, fp32 on CPU), "bf16", "fp32"

@@ -3,8 +3,9 @@
 Pipeline (one logical *stream* per rank x data worker), top to bottom:
 
 1. ``expand_urls``: sources are local paths or folders, brace patterns
-   (``shard-{000000..000099}.tar``), ``http(s)://`` and ``pipe:`` (WebDataset ``gopen``)
-   or any fsspec URL (``s3://``, ``gs://``, ``memory://``); join several with ``::``.
+   (``shard-{000000..000099}.tar``, expanded in ``pipe:`` commands too, as WebDataset does),
+   ``http(s)://`` and ``pipe:`` (WebDataset ``gopen``) or any fsspec URL (``s3://``,
+   ``gs://``, ``memory://``); join several with ``::``.
 2. shard order: a fresh permutation every epoch (seed, epoch); stream ``s`` of ``S`` takes
    shards ``s::S``, or, when there are fewer shards than streams, every shard and every
    ``S``-th sample, so no rank ever runs dry; ``resampled`` draws shards with replacement.
@@ -69,11 +70,8 @@ def expand_urls(urls: list[str] | str) -> list[str]:
         source = source.strip()
         if not source:
             continue
-        if source.startswith("pipe:"):
-            out.append(source)  # a command: braces belong to the shell
-            continue
         for url in braceexpand(source):
-            if "://" not in url and os.path.isdir(url):
+            if "://" not in url and not url.startswith("pipe:") and os.path.isdir(url):
                 found = sorted(n for n in os.listdir(url) if n.endswith(".tar"))
                 out.extend(os.path.join(url, n) for n in found)
             else:

@@ -204,6 +204,7 @@ class MetaArch(nn.Module):
 
         with torch.no_grad():
             t_out = self.teacher(global_crops, masks, regression)
+        _reshard(self.teacher)
         s_out = student(global_crops, local_crops, masks)
         losses: dict[str, torch.Tensor] = {}
         stats: dict[str, float] = {}
@@ -235,6 +236,7 @@ class MetaArch(nn.Module):
         if cfg.gram_weight > 0 and self.gram_active(step):
             with torch.no_grad():
                 g_patches = self.gram_teacher(global_crops)["patches"]
+            _reshard(self.gram_teacher)
             losses["gram"] = self.gram_loss(s_out["patches_global"], g_patches)
         if cfg.contrast_weight > 0:
             n_crops = s_out["z"].shape[0] // n_batch
@@ -253,6 +255,13 @@ class MetaArch(nn.Module):
             stats["cls_std"] = float(cls_n.std(dim=0).mean())
         self.last_stats = stats
         return losses
+
+
+def _reshard(module: nn.Module) -> None:
+    """FSDP2 keeps the root's parameters gathered after a forward that has no backward
+    (teachers): free them again, and keep the local shards aligned with the student's for EMA."""
+    if hasattr(module, "reshard"):
+        module.reshard()
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:

@@ -292,7 +292,7 @@ def _save(
 
 
 def _ckpt_dir(cfg: TrainConfig) -> str:
-    return cfg.out_dir.rstrip("/") + "/checkpoints"
+    return cfg.ckpt_dir or cfg.out_dir.rstrip("/") + "/checkpoints"
 
 
 def _resume(cfg, meta, optimizer, loader, fsdp, rank, world, index_hash) -> int:
