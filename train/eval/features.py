@@ -130,7 +130,9 @@ def random_like(
             for module in vit.modules():
                 if hasattr(module, "reset_parameters"):
                     module.reset_parameters()
-    info = {**info, "init": "random", "seed": seed, "config": None}
+    # Untrained: it must not count as a physical or photometric model in comparisons.
+    info = {**info, "init": "random", "seed": seed, "config": None, "step": 0}
+    info["physical_augmentation"] = None
     return BackboneExtractor(backbone, info, image_size, device)
 
 

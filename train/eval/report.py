@@ -260,20 +260,23 @@ def read_metrics_jsonl(path: Path) -> list[dict]:
 
 def loss_series(records: list[dict]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """``{term: (steps, values)}`` for every finite numeric field whose name contains
-    ``loss`` (nested dicts are flattened with ``/``); x is ``step`` (else the line number)."""
-    series: dict[str, list[tuple[float, float]]] = {}
+    ``loss`` (nested dicts are flattened with ``/``); x is ``step`` (else the line number).
+    A step logged twice (a resumed run appends to the same file) keeps its last value."""
+    series: dict[str, dict[float, float]] = {}
     for n, rec in enumerate(records):
         step = rec.get("step", rec.get("iteration", n))
-        if not isinstance(step, (int, float)):
+        if not isinstance(step, (int, float)) or isinstance(step, bool):
             step = n
         for key, value in _flatten(rec).items():
             if "loss" not in key.lower() or isinstance(value, bool):
                 continue
             if isinstance(value, (int, float)) and math.isfinite(value):
-                series.setdefault(key, []).append((float(step), float(value)))
-    return {
-        k: (np.array([s for s, _ in v]), np.array([y for _, y in v])) for k, v in series.items()
-    }
+                series.setdefault(key, {})[float(step)] = float(value)
+    out = {}
+    for key, points in series.items():
+        steps = np.array(sorted(points))
+        out[key] = (steps, np.array([points[s] for s in steps]))
+    return out
 
 
 def _flatten(rec: dict, prefix: str = "") -> dict:

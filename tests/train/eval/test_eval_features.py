@@ -19,10 +19,12 @@ def tiny():
 
 def test_export_loads_and_matches_the_backbone(tmp_path, tiny):
     backbone, kwargs = tiny
-    path = export_backbone(backbone, kwargs, str(tmp_path / "backbone.pt"), {"step": 7})
+    extra = {"step": 7, "physical_augmentation": True}
+    path = export_backbone(backbone, kwargs, str(tmp_path / "backbone.pt"), extra)
     ext = load_model(path, image_size=36)  # rounded down to a multiple of patch 8
     assert isinstance(ext, BackboneExtractor)
     assert ext.image_size == 32 and ext.info["step"] == 7
+    assert ext.info["physical_augmentation"] is True
     images = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
     feats = extract_all(ext, images, batch_size=2)
     assert feats.cls.shape == (5, 192) and feats.patches.shape == (5, 4, 4, 192)
@@ -32,7 +34,7 @@ def test_export_loads_and_matches_the_backbone(tmp_path, tiny):
     rnd = load_model(f"random-like:{path}", image_size=32, seed=1)
     other = rnd(images)
     assert other.cls.shape == feats.cls.shape and not np.allclose(other.cls, feats.cls, atol=1e-3)
-    assert rnd.info["init"] == "random"
+    assert rnd.info["init"] == "random" and rnd.info["physical_augmentation"] is None
 
 
 def test_pretrained_file_zero_shot(tmp_path):

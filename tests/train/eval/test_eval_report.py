@@ -16,13 +16,16 @@ def test_loss_series_reads_tolerantly(tmp_path):
         '{"step": 1, "loss": {"total": 2.0, "ibot": NaN}, "note": "x"}\n'
         '{"loss/total": 1.0}\n'
         "\n"
+        '{"step": 1, "loss/total": 2.5}\n'
     )
     recs = R.read_metrics_jsonl(path)
-    assert len(recs) == 3
+    assert len(recs) == 4
     series = R.loss_series(recs)
     assert set(series) == {"loss/total"}  # nested "loss"/"total" flattens to the same name
     steps, vals = series["loss/total"]
-    assert list(vals) == [3.0, 2.0, 1.0] and list(steps) == [0.0, 1.0, 2.0]
+    # the record without a step sits at its line number (2); step 1 logged again after a
+    # resume keeps the later value
+    assert list(steps) == [0.0, 1.0, 2.0] and list(vals) == [3.0, 2.5, 1.0]
 
 
 def test_pca_rgb_separates_two_feature_clusters():
