@@ -241,7 +241,8 @@ def run(args: argparse.Namespace) -> int:
         _write_json(folder / "metrics.json", metrics)
         arrays = eval_report.figure_arrays(result.figures, eval_set.images, eval_set.material)
         _write_npz(folder / "figures.npz", arrays)
-        log = _find_train_log(info)
+        # A random re-initialisation points at its template checkpoint: not its training log.
+        log = _find_train_log(info) if info.get("init") != "random" else None
         if log is not None:
             shutil.copyfile(log, folder / "train_metrics.jsonl")
         r = metrics.get("retrieval", {})
