@@ -255,6 +255,11 @@ def read_eval_set(
     """
     urls, index = resolve_shards(url)
     fmt = index["image_format"] if index else None
+    if fmt == "exr":
+        raise schema.SchemaError(
+            f"{url}: views are linear EXR; the evaluation reads display-referred jpg/png "
+            'views: render the eval set with render.image_format = "jpg" or "png"'
+        )
     rows: dict[str, list] = {k: [] for k in ("images", "masks", "matids")}
     labels: dict[str, list] = {
         k: [] for k in ("key", "view", "material", "category", "group", "family", "mesh", "light")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import tarfile
 
 import numpy as np
@@ -145,3 +146,22 @@ def test_leakage_uses_index_lists_without_scanning(
     assert usage["meshes"] == {"m-c"} and usage["groups"] == {"g"}
     with pytest.raises(LeakageError, match="m-c"):
         check_leakage(read_eval_set(str(eval_dir)).usage(), usage, "listed")
+
+
+def test_decoders_handle_16_bit_and_exr_is_refused(tmp_path, eval_dir):
+    from PIL import Image
+
+    from train.eval.data import decode_matid, decode_rgb
+
+    grey16 = (np.arange(16 * 16).reshape(16, 16) * 250).astype(np.uint16)
+    buf = io.BytesIO()
+    Image.fromarray(grey16).save(buf, format="PNG")
+    rgb = decode_rgb(buf.getvalue(), "x")
+    assert rgb.shape == (16, 16, 3) and rgb.dtype == np.uint8
+    assert rgb[-1, -1, 0] == grey16[-1, -1] >> 8
+    assert decode_matid(buf.getvalue(), "x")[-1, -1] == grey16[-1, -1]
+    index = json.loads((eval_dir / schema.INDEX_NAME).read_text())
+    index["image_format"] = "exr"
+    (eval_dir / schema.INDEX_NAME).write_text(json.dumps(index))
+    with pytest.raises(schema.SchemaError, match="image_format"):
+        read_eval_set(str(eval_dir))
