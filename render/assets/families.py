@@ -703,7 +703,8 @@ def diversity_report(
                 )
             flat = [k for k, s in zip(keys, spread, strict=True) if s < min_spread]
             info["min_spread"] = round(float(spread.min()), 4)
-            if len(items) >= 8 and flat:
+            # Spread is only meaningful over several independent variants.
+            if len({e.get("group") for e in items}) >= 8 and flat:
                 report["problems"].append(
                     f"family {name}: non-colour parameters {flat} barely vary (std < {min_spread})"
                 )

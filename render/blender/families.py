@@ -93,6 +93,17 @@ class Graph:
         acc = self.math("MULTIPLY_ADD", parts[1], wy, acc)
         return self.math("MULTIPLY_ADD", parts[2], wz, acc)
 
+    def warp(self, vec: Socket, size_m: float, amount_m: float) -> Socket:
+        """Domain warp: shift ``vec`` by a smooth noise field (irregular cell shapes)."""
+        field = self.noise(vec, size_m, detail=2.0).outputs["Color"]
+        centred = self.node(
+            "ShaderNodeVectorMath", {0: field, 1: (0.5, 0.5, 0.5)}, operation="SUBTRACT"
+        ).outputs[0]
+        shift = self.node(
+            "ShaderNodeVectorMath", {0: centred, "Scale": 2 * amount_m}, operation="SCALE"
+        ).outputs[0]
+        return self.node("ShaderNodeVectorMath", {0: vec, 1: shift}, operation="ADD").outputs[0]
+
     # -------------------------------------------------------------- textures
 
     def noise(
@@ -497,7 +508,9 @@ def plaster(g: Graph, p: dict) -> None:
 
 def granite(g: Graph, p: dict) -> None:
     vec = g.coords()
-    cells = g.voronoi(vec, p["speck_scale_m"])
+    cells = g.voronoi(
+        g.warp(vec, p["speck_scale_m"] * 2, p["speck_scale_m"] * 0.4), p["speck_scale_m"]
+    )
     sep = g.node("ShaderNodeSeparateColor", {"Color": cells.outputs["Color"]})
     specks = g.ramp(sep.outputs[0], 1.0 - p["speck_amount"], 1.0 - p["speck_amount"] + 0.01)
     mid = g.ramp(sep.outputs[1], 0.5, 0.51)
@@ -587,7 +600,9 @@ def leather(g: Graph, p: dict) -> None:
 def ground(g: Graph, p: dict) -> None:
     vec = g.coords()
     clump = g.noise(vec, p["clump_scale_m"], detail=8.0, roughness=0.65).outputs["Fac"]
-    pebbles = g.voronoi(vec, p["pebble_scale_m"])
+    pebbles = g.voronoi(
+        g.warp(vec, p["pebble_scale_m"] * 1.5, p["pebble_scale_m"] * 0.35), p["pebble_scale_m"]
+    )
     radius = 0.3 + 0.35 * p["pebble_amount"]
     dome = g.ramp(pebbles.outputs["Distance"], radius, radius * 0.5)
     dome = g.math("MULTIPLY", dome, 1.0 if p["pebble_amount"] > 0.02 else 0.0)

@@ -211,6 +211,9 @@ def _apply_modifiers(bm: bmesh.types.BMesh, params: dict) -> None:
     if subdiv > 0:
         bmesh.ops.subdivide_edges(bm, edges=list(bm.edges), cuts=subdiv, use_grid_fill=True)
         bmesh.ops.triangulate(bm, faces=list(bm.faces))
+    scale = params.get("scale")
+    if scale is not None:
+        bmesh.ops.scale(bm, vec=Vector([float(v) for v in scale]), verts=bm.verts)
     disp = float(params.get("displace", 0.0))
     rng = np.random.default_rng(int(params.get("seed", 0)))
     waves = rng.normal(size=(6, 3)) * float(params.get("displace_freq", 2.0))

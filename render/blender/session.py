@@ -63,7 +63,7 @@ class RenderedView:
 
 
 @contextlib.contextmanager
-def _silenced(active: bool) -> Iterator[None]:
+def silenced(active: bool) -> Iterator[None]:
     """Redirect the process's stdout/stderr file descriptors (Cycles prints from C)."""
     if not active:
         yield
@@ -116,7 +116,7 @@ class BlenderSession:
         self._mesh_cache: dict[str, bpy.types.Mesh] = {}
         self._base_dirs: dict[str, Path] = {}
         self._light_key: str | None = None
-        with _silenced(self.quiet):
+        with silenced(self.quiet):
             bpy.ops.wm.read_factory_settings(use_empty=True)
         self._init_scene()
 
@@ -363,7 +363,7 @@ class BlenderSession:
             raise RenderError(
                 material_id, f"background.mode {mode!r} is not one of {BACKGROUND_MODES}"
             )
-        with _silenced(self.quiet):
+        with silenced(self.quiet):
             self._clear_object()
             material = materials.build_material(material_entry, self._base_dirs.get("materials"))
             material.pass_index = int(job.get("material_index", 1))
@@ -455,7 +455,7 @@ class BlenderSession:
 
     def reset(self) -> None:
         """Drop the object, cached meshes, materials and images; purge orphan datablocks."""
-        with _silenced(self.quiet):
+        with silenced(self.quiet):
             self._clear_object()
             lights.setup_light(self.scene, {"kind": "color", "params": {"color": [0, 0, 0]}}, 0, 1)
             self._light_key = None

@@ -68,7 +68,7 @@ def test_diversity_check_catches_recolourings():
     clones = []
     for i in range(10):
         params = dict(base["params"], base_color=[0.1 * i, 0.2, 0.3])
-        clones.append(dict(base, id=f"plastic-clone-{i}", params=params))
+        clones.append(dict(base, id=f"plastic-clone-{i}", group=f"clone-{i}", params=params))
     problems = families.diversity_report(clones)["problems"]
     assert any("apart" in p for p in problems)
     assert any("barely vary" in p for p in problems)

@@ -1,0 +1,95 @@
+"""Folder scanners: texture-set layouts, mesh files with sizes, HDRIs grouped by name."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from render.assets import catalog as cat
+from render.assets import cli, lights, meshes, texsets
+
+
+def _png(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (4, 4), (120, 80, 40)).save(path)
+
+
+def test_ambientcg_groups_resolutions_and_reads_dx(tmp_path: Path):
+    for res in ("1K", "2K"):
+        d = tmp_path / f"Wood049_{res}-PNG"
+        for m in ("Color", "NormalDX", "Roughness", "Displacement"):
+            _png(d / f"Wood049_{res}-PNG_{m}.png")
+    result = texsets.scan_texture_sets(tmp_path)
+    assert [e["id"] for e in result.entries] == ["ambientcg-wood049-1k", "ambientcg-wood049-2k"]
+    assert {e["group"] for e in result.entries} == {"ambientcg-wood049"}
+    e = result.entries[0]
+    assert e["category"] == "wood" and e["normal_convention"] == "dx"
+    assert set(e["maps"]) == {"basecolor", "normal", "roughness", "height"}
+
+
+def test_polyhaven_and_unknown_category(tmp_path: Path):
+    for m in ("diff", "nor_gl", "rough"):
+        _png(tmp_path / "rusty_metal_02" / f"rusty_metal_02_{m}_1k.png")
+        _png(tmp_path / "blorb" / f"blorb_{m}_1k.png")
+    result = texsets.scan_texture_sets(tmp_path, layout="polyhaven")
+    assert [e["id"] for e in result.entries] == ["polyhaven-rusty-metal-02-1k"]
+    assert result.entries[0]["category"] == "metal"
+    assert any("blorb" in s and "--category" in s for s in result.skipped)
+    again = texsets.scan_texture_sets(tmp_path, layout="polyhaven", default_category="plastic")
+    assert len(again.entries) == 2
+
+
+def test_matsynth_metadata(tmp_path: Path):
+    d = tmp_path / "Ceramic_Tiles_01"
+    for m in ("basecolor", "normal", "roughness", "metallic", "height"):
+        _png(d / f"{m}.png")
+    (d / "metadata.json").write_text(
+        json.dumps({"category": "ceramic", "physical_size": 200, "license": "CC-BY-4.0"})
+    )
+    result = texsets.scan_texture_sets(tmp_path)
+    (e,) = result.entries
+    assert e["source"] == "matsynth" and e["category"] == "ceramic" and e["licence"] == "CC-BY-4.0"
+    assert e["physical_size_m"] == pytest.approx(2.0)  # centimetres in the metadata
+
+
+def test_detect_layout_error_names_folder(tmp_path: Path):
+    _png(tmp_path / "holiday.png")
+    with pytest.raises(ValueError, match="no texture set found"):
+        texsets.detect_layout(tmp_path)
+
+
+def test_mesh_folder_sizes_from_sidecars(tmp_path: Path):
+    (tmp_path / "chairs").mkdir()
+    (tmp_path / "chairs" / "Arm Chair.obj").write_text("v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 3\n")
+    (tmp_path / "chairs" / "Arm Chair.json").write_text('{"size_m": 0.9, "licence": "CC-BY-4.0"}')
+    (tmp_path / "rock.stl").write_bytes(b"solid x\nendsolid x\n")
+    entries = meshes.scan_mesh_folder(tmp_path, default_size_m=0.25)
+    by_id = {e["id"]: e for e in entries}
+    assert by_id["file-chairs-arm-chair"]["size_m"] == 0.9
+    assert by_id["file-chairs-arm-chair"]["licence"] == "CC-BY-4.0"
+    assert by_id["file-rock"]["size_m"] == 0.25 and by_id["file-rock"]["kind"] == "file"
+
+
+def test_hdri_folder_groups_resolutions(tmp_path: Path):
+    for name in ("sky_park_2k.hdr", "sky_park_4k.hdr", "studio_small_1k.exr"):
+        (tmp_path / name).write_bytes(b"#?RADIANCE\n" if name.endswith("hdr") else b"v/1\x01")
+    entries = lights.scan_hdri_folder(tmp_path)
+    groups = {e["id"]: e["group"] for e in entries}
+    assert groups["hdri-sky-park-2k"] == groups["hdri-sky-park-4k"] == "hdri-sky-park"
+    cat.validate_catalog([dict(e, split="train") for e in entries], "lights")
+
+
+def test_cli_scan_appends_and_refuses_duplicates(tmp_path: Path, capsys):
+    src = tmp_path / "hdris"
+    src.mkdir()
+    for i in range(4):
+        (src / f"place{i}_1k.hdr").write_bytes(b"#?RADIANCE\n")
+    out = tmp_path / "lights.jsonl"
+    cat.write_catalog(out, cat.assign_splits(lights.builtin_lights(), "lights", min_test=3))
+    assert cli.main(["scan", "lights", str(src), "--out", str(out), "--append"]) == 0
+    assert len(cat.read_catalog(out)) == len(lights.builtin_lights()) + 4
+    assert cli.main(["scan", "lights", str(src), "--out", str(out), "--append"]) == 2
+    assert "already in" in capsys.readouterr().err
