@@ -52,12 +52,15 @@ def crop_box(
     table: np.ndarray | None = None,
     min_fraction: float = 0.5,
     tries: int = 10,
+    points: np.ndarray | None = None,
 ) -> tuple[int, int, int, int]:
     """A random-resized-crop box ``(x0, y0, x1, y1)``, kept on the object when ``table`` is given.
 
     Draws up to ``tries`` boxes (area fraction in ``scale``, aspect ratio in [3/4, 4/3]) and
     returns the first with at least ``min_fraction`` object pixels, else the one with the
-    most object pixels; the whole image if no draw fits.
+    most object pixels; the whole image if no draw fits. With ``points`` (``[N, 2]`` object
+    pixel (y, x) coordinates) boxes are centred on a random object pixel, so small objects
+    are found in a few draws.
     """
     area = width * height
     best, best_fraction = (0, 0, width, height), -1.0
@@ -68,8 +71,13 @@ def crop_box(
         h = int(round(math.sqrt(target / ratio)))
         if not (0 < w <= width and 0 < h <= height):
             continue
-        x0 = int(rng.integers(0, width - w + 1))
-        y0 = int(rng.integers(0, height - h + 1))
+        if points is not None and len(points):
+            cy, cx = points[int(rng.integers(len(points)))]
+            x0 = int(min(max(cx - w // 2, 0), width - w))
+            y0 = int(min(max(cy - h // 2, 0), height - h))
+        else:
+            x0 = int(rng.integers(0, width - w + 1))
+            y0 = int(rng.integers(0, height - h + 1))
         box = (x0, y0, x0 + w, y0 + h)
         if table is None:
             return box

@@ -211,11 +211,11 @@ def make_sample(
     meta = schema.validate_sample(raw) if data.validate_samples else json.loads(raw["json"])
     material_id, _ = schema.parse_key(key)
     pair = choose_views(rng, meta["views"], data.physical_augmentation)
-    decoded: dict[int, tuple[Image.Image, np.ndarray | None]] = {}
+    decoded: dict[int, tuple[Image.Image, np.ndarray | None, np.ndarray | None]] = {}
     for index in sorted(set(pair)):
         member = _view_member(raw, index)
         image = _decode_image(raw[member], key, member)
-        table = None
+        table = points = None
         mask_bytes = raw.get(schema.mask_member(index))
         if mask_bytes is not None and crops.min_object_fraction > 0:
             mask = np.asarray(Image.open(io.BytesIO(mask_bytes)).convert("L")) > 127
@@ -225,19 +225,15 @@ def make_sample(
                 )
             if mask.any():
                 table = augment.mask_integral(mask)
-        decoded[index] = (image, table)
+                points = np.argwhere(mask)[:: max(1, int(mask.sum()) // 512)]
+        decoded[index] = (image, table, points)
 
     def crop(view: int, size: int, scale: list[float], blur_prob: float, solarize_prob: float):
-        image, table = decoded[view]
+        image, table, points = decoded[view]
         box = augment.crop_box(
-            rng,
-            image.width,
-            image.height,
-            (scale[0], scale[1]),
-            table,
-            crops.min_object_fraction,
-            crops.crop_tries,
-        )
+            rng, image.width, image.height, (scale[0], scale[1]), table, crops.min_object_fraction,
+            crops.crop_tries, points,
+        )  # fmt: skip
         flip = crops.hflip and rng.random() < 0.5
         pixels = augment.render_crop(image, box, size, flip)
         params = augment.photometric_params(
