@@ -220,6 +220,19 @@ class EvalSet:
             return np.zeros(len(self), bool)
         return self.matids.reshape(len(self), -1).max(1) >= 0
 
+    def material_regions(self, ignore: tuple[int, ...] = ()) -> np.ndarray:
+        """``(N,)`` number of distinct material indices on each view's valid pixels (inside
+        the mask, index >= 0, not in ``ignore``); 0 for views without a matid map."""
+        if self.matids is None:
+            return np.zeros(len(self), np.int64)
+        out = np.zeros(len(self), np.int64)
+        for i in range(len(self)):
+            valid = (self.matids[i] >= 0) & ~np.isin(self.matids[i], ignore)
+            if self.masks is not None:
+                valid &= self.masks[i]
+            out[i] = np.unique(self.matids[i][valid]).size
+        return out
+
     def usage(self) -> dict[str, set[str]]:
         """IDs this eval set uses: ``{"materials", "groups", "meshes", "lights"}``."""
         materials = set(self.material.tolist())

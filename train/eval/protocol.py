@@ -1,10 +1,10 @@
 """The evaluation protocol: one model, one held-out eval set -> every metric, plus the few
 arrays the report draws.
 
-Views are of two kinds. *Object views* (no material-index map) show one material on one
-mesh under one light: they feed retrieval, k-NN, the linear probe and invariance, using the
-CLS feature. *Selection views* (a ``matid`` map) show several materials: they feed
-material selection, using patch features. Thresholds and probe hyper-parameters come from
+Views are of two kinds. *Object views* (no material-index map, or one showing a single
+material) show one material on one mesh under one light: they feed retrieval, k-NN, the
+linear probe and invariance, using the CLS feature. *Selection views* (a ``matid`` map with
+two or more materials) feed material selection, using patch features. Thresholds and probe hyper-parameters come from
 the val set when one is given (``--val-data``); otherwise from a group-disjoint part of the
 eval set itself, and the metrics say so.
 
@@ -58,12 +58,14 @@ class EvalResult:
     figures: dict = field(default_factory=dict)
 
 
-def _object_views(es: EvalSet) -> np.ndarray:
-    return np.flatnonzero(~es.has_matid())
+def _object_views(es: EvalSet, cfg: EvalConfig) -> np.ndarray:
+    """Views of one material: no matid map, or a map with a single material on it."""
+    return np.flatnonzero(es.material_regions(cfg.matid_ignore) < 2)
 
 
 def _selection_views(es: EvalSet, cfg: EvalConfig) -> np.ndarray:
-    idx = np.flatnonzero(es.has_matid())
+    """Views whose matid map shows two or more materials."""
+    idx = np.flatnonzero(es.material_regions(cfg.matid_ignore) >= 2)
     return idx[: cfg.max_selection_views]
 
 
@@ -96,7 +98,7 @@ def evaluate(
     out: dict = {"config": asdict(cfg), "counts": {}}
     figures: dict = {}
     es = eval_set
-    obj = _object_views(es)
+    obj = _object_views(es, cfg)
     sel = _selection_views(es, cfg)
     out["counts"] = {
         "views": len(es),
@@ -190,7 +192,7 @@ def _probe(
     groups = _probe_groups(es, obj, cfg)
     if np.unique(groups).size < cfg.probe_folds or np.unique(labels).size < 2:
         return {"accuracy": None, "skipped": "too few groups or categories"}
-    val_obj = _object_views(val_set) if val_set is not None else np.zeros(0, int)
+    val_obj = _object_views(val_set, cfg) if val_set is not None else np.zeros(0, int)
     if val_obj.size == 0:
         res = M.linear_probe_by_groups(cls, labels, groups, cfg.probe_folds, cfg.seed)
         res["hyperparameters_from"] = "eval set (a held-out fold)"

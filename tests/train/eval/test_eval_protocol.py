@@ -20,9 +20,10 @@ def test_protocol_splits_views_and_ignores_matid(tmp_path, dataset_writer, mater
     assert m["retrieval"]["n_queries"] + m["retrieval"]["n_excluded"] == 18
     assert m["selection"]["threshold_from"].startswith("eval set")
     assert full.figures["pca_patches"].shape[1:3] == (8, 8)
+    assert list(es.material_regions()) == [0] * 18 + [2] * 6
+    # Ignoring index 2 leaves one material on the scenes: they become object views.
     ignored = evaluate(PixelStats(4), es, None, EvalConfig(matid_ignore=(2,))).metrics
-    # one region left per view: half the queries, each of them on material index 1
-    assert ignored["selection"]["n_queries"] * 2 == m["selection"]["n_queries"]
+    assert ignored["counts"]["object_views"] == 24 and "selection" not in ignored
 
     only_sel = evaluate(PixelStats(4), es.subset(es.has_matid()), None, EvalConfig()).metrics
     assert "retrieval" not in only_sel and only_sel["counts"]["object_views"] == 0
