@@ -307,6 +307,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print(
+            "interrupted: published shards are kept; run the same command again to resume",
+            file=sys.stderr,
+        )
+        return 130
     except (PlanError, SchemaError, storage.StorageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

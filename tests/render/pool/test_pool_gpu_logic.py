@@ -9,10 +9,8 @@ from __future__ import annotations
 import pool_fakes
 import pytest
 
-pytest.importorskip("ray", reason="the render extra (ray) is not installed")
-
-from render.plan import load_catalogs, make_plan  # noqa: E402
-from render.pool import kernel_cache_env, open_session, warm_kernels  # noqa: E402
+from render.plan import load_catalogs, make_plan
+from render.pool import kernel_cache_env, open_session, warm_kernels
 
 
 def _factory(working: set[str], tried: list[str]):

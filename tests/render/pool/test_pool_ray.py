@@ -14,24 +14,21 @@ from collections import Counter
 import pool_fakes
 import pytest
 
-ray = pytest.importorskip("ray", reason="the render extra (ray) is not installed")
-
-from render import storage  # noqa: E402
-from render.build import ShardOutcome, build  # noqa: E402
-from render.verify import iter_tar_samples, verify_dataset  # noqa: E402
+from render import storage
+from render.build import ShardOutcome, build
+from render.pool import RenderPool, ensure_ray, shutdown_ray
+from render.verify import iter_tar_samples, verify_dataset
 
 pytestmark = [pytest.mark.blender, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
 def pool():
-    from render.pool import RenderPool
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    ensure_ray(num_cpus=2)  # a local Ray on the 2 cores CI has; no dashboard, quiet
     pool = RenderPool(workers=2, threads_per_worker=1, recycle_after_shards=0, poll_s=0.1)
     yield pool
     pool.close()
-    ray.shutdown()
+    shutdown_ray()
 
 
 @pytest.fixture
