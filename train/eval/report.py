@@ -5,6 +5,7 @@ pixels and maps the figures need) and, when the trainer's log was found,
 ``train_metrics.jsonl``. ``write_report(out)`` turns a folder of those into::
 
     <out>/report.md                   headline table, comparisons, every figure
+    <out>/summary.json                the headline numbers per model, for scripts
     <out>/figures/loss_curves.png     one panel per loss term, one colour per model
     <out>/figures/<name>_retrieval.png   query + top-5 (green: same material, red: not)
     <out>/figures/<name>_selection.png   image + query, similarity heat-map, selection
@@ -612,7 +613,17 @@ def write_report(out_dir: str | Path) -> Path:
         if shown:
             lines += [f"## {section}", "", *[s + "\n" for s in shown]]
 
-    lines += ["## All metrics", "", "Per model in `<name>/metrics.json`.", ""]
+    summary = {
+        "models": {n: {h: f(models[n]) for h, _, f in HEADLINE} for n in names},
+        "comparisons": comp,
+    }
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    lines += [
+        "## All metrics",
+        "",
+        "Per model in `<name>/metrics.json`; headline numbers in `summary.json`.",
+        "",
+    ]
     path = write_text_atomic(out / "report.md", "\n".join(lines) + "\n")
     logger.info("wrote %s", path)
     return path

@@ -122,6 +122,8 @@ def test_run_writes_metrics_figures_and_report(world, tmp_path, capsys):
         with Image.open(out / rel) as img:
             assert img.width >= 300 and img.height >= 150
 
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["models"]["pixels"]["R@1"] == pix["retrieval"]["recall@1"]
     (out / "report.md").unlink()
     assert main(["report", str(out)]) == 0 and (out / "report.md").exists()
 
