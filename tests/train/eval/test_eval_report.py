@@ -1,9 +1,10 @@
-"""Report pieces: tolerant log reading, PCA colours, tables and the physical/photometric line."""
+"""Report and figure pieces: tolerant log reading, PCA colours, tables, comparisons."""
 
 from __future__ import annotations
 
 import numpy as np
 
+from train.eval import figures as F
 from train.eval import report as R
 
 
@@ -34,17 +35,17 @@ def test_pca_rgb_separates_two_feature_clusters():
     patches[:, :, :2] = [1, 0, 0, 0, 0, 0, 0, 0]
     patches[:, :, 2:] = [0, 1, 0, 0, 0, 0, 0, 0]
     patches += 0.01 * rng.standard_normal(patches.shape)
-    rgb = R.pca_rgb(patches)
+    rgb = F.pca_rgb(patches)
     assert rgb.shape == (2, 4, 4, 3) and rgb.dtype == np.uint8
     left, right = rgb[:, :, :2, 0].astype(int), rgb[:, :, 2:, 0].astype(int)
     assert abs(left.mean() - right.mean()) > 150
 
 
 def test_heat_colours_and_ticks():
-    c = R.heat_colours(np.array([0.0, 0.5, 1.0, 2.0]))
+    c = F.heat_colours(np.array([0.0, 0.5, 1.0, 2.0]))
     assert c.shape == (4, 3) and c.dtype == np.uint8 and (c[2] == c[3]).all()
     assert c[0, 2] > c[0, 0] and c[2, 0] > c[2, 2]  # blue at 0, red at 1
-    assert R._nice_ticks(1.0, 9.4) == [2, 4, 6, 8]
+    assert F._nice_ticks(1.0, 9.4) == [2, 4, 6, 8]
 
 
 def _m(r1, phys):
@@ -92,9 +93,9 @@ def test_figures_draw(tmp_path):
     rng = np.random.default_rng(1)
     imgs = rng.integers(0, 255, (2, 6, 16, 16, 3), dtype=np.uint8)
     labels = np.array([["a"] * 6, ["b", "b", "", "", "", ""]])
-    grid = R.retrieval_grid(imgs, labels, np.zeros((2, 5), bool), "t")
-    assert grid.width > 6 * R.THUMB and grid.height > 2 * R.THUMB
-    sel = R.selection_figure(
+    grid = F.retrieval_grid(imgs, labels, np.zeros((2, 5), bool), "t")
+    assert grid.width > 6 * F.THUMB and grid.height > 2 * F.THUMB
+    sel = F.selection_figure(
         imgs[0, :2], np.array([[3, 4], [8, 8]]), rng.uniform(-1, 1, (2, 16, 16)), 0.2, "t"
     )
     assert sel.height > 2 * 160
@@ -102,4 +103,4 @@ def test_figures_draw(tmp_path):
         "a": {"loss/total": (np.arange(5.0), np.arange(5.0)[::-1])},
         "b": {"loss/total": (np.arange(3.0), np.ones(3)), "loss/x": (np.zeros(1), np.ones(1))},
     }
-    assert R.loss_curves(runs).width > 600
+    assert F.loss_curves(runs).width > 600
