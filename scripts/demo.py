@@ -1,0 +1,196 @@
+"""The end-to-end demo on the embedded default assets: render -> train -> evaluate -> report.
+
+``make demo`` runs this after setting up ``.venv``. Every stage is a plain CLI call that a
+user could type, and every stage resumes: finished shards and checkpoints are reused, so an
+interrupted demo picks up where it stopped. On 2 CPU cores it takes about 30 minutes::
+
+    python scripts/demo.py --out out                    # the whole loop
+    python scripts/demo.py --out out --quick            # the shard contract only: tiny.toml
+    python scripts/demo.py --out out --seeds 0 1        # two seeds per model (spread in report)
+
+Stages (outputs under ``--out``):
+
+1. ``phieat-render build`` of ``manifests/loop-train.toml`` (150 training-split materials x 4
+   views), ``loop-val.toml`` (30 val-split materials) and ``eval-tiny.toml`` (50 test-split
+   materials on test-split meshes and lights, with object and material-index masks).
+2. ``phieat-train --config tiny-cpu`` twice on the same shards and budget: physical
+   augmentation (two views = two renders of a material on other meshes and lights) and the
+   photometric baseline (two views = two augmentations of one render).
+3. ``phieat-eval run`` of both beside the pixel-statistics and random-init baselines; the
+   report is ``<out>/demo/eval/report.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATASETS = {"train": "loop-train", "val": "loop-val", "eval": "eval-tiny"}
+
+
+def run(cmd: list[str], log: Path) -> None:
+    """Run one stage's command, teeing its output to ``log``; stop the demo if it fails."""
+    print("$ " + " ".join(cmd), flush=True)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("a", encoding="utf-8") as handle:
+        handle.write(f"\n$ {' '.join(cmd)}\n")
+        handle.flush()
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            handle.write(line)
+            sys.stdout.write(line)
+            sys.stdout.flush()
+        code = proc.wait()
+    if code != 0:
+        sys.exit(f"demo: stage failed with exit code {code}: {' '.join(cmd)} (log: {log})")
+
+
+def version_dir(output: Path) -> Path:
+    """The dataset version folder a finished build points to from ``latest.json``."""
+    latest = json.loads((output / "latest.json").read_text())
+    return output / latest["version"]
+
+
+def stage_render(out: Path, quick: bool) -> dict[str, Path]:
+    python = sys.executable
+    if quick:
+        output = out / "tiny"
+        run(
+            [
+                python,
+                "-m",
+                "render",
+                "build",
+                "manifests/tiny.toml",
+                "--output",
+                str(output),
+                "--preview",
+                str(out / "tiny-preview.png"),
+            ],
+            out / "logs" / "render.log",
+        )
+        return {"tiny": version_dir(output)}
+    dirs = {}
+    for role, name in DATASETS.items():
+        output = out / "demo" / "data" / name
+        cmd = [python, "-m", "render", "build", f"manifests/{name}.toml", "--output", str(output)]
+        if role == "train":
+            cmd += ["--preview", str(out / "demo" / "train-preview.png")]
+        run(cmd, out / "logs" / "render.log")
+        dirs[role] = version_dir(output)
+    return dirs
+
+
+def stage_train(out: Path, data: Path, seeds: list[int], steps: int | None) -> dict[str, Path]:
+    runs = {}
+    for physical in (True, False):
+        for seed in seeds:
+            name = ("physical" if physical else "photometric") + (
+                f"-s{seed}" if len(seeds) > 1 else ""
+            )
+            out_dir = out / "demo" / "train" / name
+            cmd = [
+                sys.executable,
+                "-m",
+                "train",
+                "--config",
+                "tiny-cpu",
+                f"data.urls={data}",
+                f"out_dir={out_dir}",
+                f"seed={seed}",
+                f"data.physical_augmentation={'true' if physical else 'false'}",
+            ]
+            if steps:
+                cmd.append(f"optim.steps={steps}")
+            run(cmd, out / "logs" / f"train-{name}.log")
+            runs[name] = out_dir
+    return runs
+
+
+def stage_eval(out: Path, data: dict[str, Path], runs: dict[str, Path]) -> Path:
+    eval_dir = out / "demo" / "eval"
+    cmd = [sys.executable, "-m", "train.eval.cli", "run"]
+    for name, run_dir in runs.items():
+        cmd += ["--model", f"{name}={run_dir}"]
+    first = next(iter(runs.values()))
+    cmd += [
+        "--model",
+        "pixel-stats=pixel-stats",
+        "--model",
+        f"random-init=random-like:{first}",
+        "--eval-data",
+        str(data["eval"]),
+        "--val-data",
+        str(data["val"]),
+        "--train-index",
+        str(data["train"] / "index.json"),
+        "--matid-ignore",
+        "0",
+        "--out",
+        str(eval_dir),
+    ]
+    run(cmd, out / "logs" / "eval.log")
+    return eval_dir
+
+
+def headline(eval_dir: Path) -> str:
+    """The table printed at the end: one row per model (the report's own headline table)."""
+    from train.eval.report import headline_table
+
+    models = {
+        f.parent.name: json.loads(f.read_text()) for f in sorted(eval_dir.glob("*/metrics.json"))
+    }
+    return headline_table(models)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="Re-run the same command to resume: finished shards and checkpoints are reused.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--out", default="out", help="output folder (default: out)")
+    parser.add_argument(
+        "--quick", action="store_true", help="only render manifests/tiny.toml and preview it"
+    )
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=[0], help="training seeds per model (default: 0)"
+    )
+    parser.add_argument("--steps", type=int, default=None, help="override optim.steps")
+    args = parser.parse_args(argv)
+    out = Path(args.out).resolve()
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+
+    times: dict[str, float] = {}
+    start = time.perf_counter()
+    data = stage_render(out, args.quick)
+    times["render"] = time.perf_counter() - start
+    if args.quick:
+        print(f"\nshards: {data['tiny']}\npreview: {out / 'tiny-preview.png'}")
+        return 0
+    start = time.perf_counter()
+    runs = stage_train(out, data["train"], args.seeds, args.steps)
+    times["train"] = time.perf_counter() - start
+    start = time.perf_counter()
+    eval_dir = stage_eval(out, data, runs)
+    times["eval"] = time.perf_counter() - start
+
+    print("\n" + headline(eval_dir))
+    print("\nstage times: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in times.items()))
+    print(f"training shards: {data['train']}")
+    print(f"held-out eval shards: {data['eval']}")
+    print(f"report: {eval_dir / 'report.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
