@@ -6,10 +6,10 @@ procedural library for other renderers::
     from render.blender.bake import bake_texture_set
     maps = bake_texture_set(entry, "out/sets", layout="ambientcg", size=64, tile_m=0.2)
 
-A flat ``tile_m`` x ``tile_m`` metre square with UVs carries the material; Cycles bakes the
-base colour (diffuse colour pass, written as sRGB), roughness, tangent-space normal (OpenGL
-convention; a DirectX copy has its green channel flipped) and metallic (emission of the
-metallic input). Files are written under their final names only after every bake worked.
+A flat ``tile_m`` x ``tile_m`` metre square with UVs carries the material. Cycles bakes
+the tangent-space normal (OpenGL convention; a DirectX copy has its green channel flipped);
+base colour (written as sRGB), roughness and metallic are baked as the emission of the
+Principled inputs themselves. Files get their final names only after every bake worked.
 """
 
 from __future__ import annotations
@@ -81,16 +81,18 @@ def _bake(
     return pixels.reshape(size, size, 4)[::-1, :, :3]  # Blender rows are bottom-up
 
 
-def _metallic_material(mat: bpy.types.Material) -> bpy.types.Material:
-    """A copy whose surface emits the metallic value, so an EMIT bake records it."""
+def _input_material(mat: bpy.types.Material, socket_name: str) -> bpy.types.Material:
+    """A copy whose surface emits one Principled input, so an EMIT bake records it."""
     copy = mat.copy()
     nt = copy.node_tree
     bsdf = next(n for n in nt.nodes if n.bl_idname == "ShaderNodeBsdfPrincipled")
     out = next(n for n in nt.nodes if n.bl_idname == "ShaderNodeOutputMaterial")
     emit = nt.nodes.new("ShaderNodeEmission")
-    socket = bsdf.inputs["Metallic"]
+    socket = bsdf.inputs[socket_name]
     if socket.is_linked:
         nt.links.new(socket.links[0].from_socket, emit.inputs["Color"])
+    elif socket.type == "RGBA":
+        emit.inputs["Color"].default_value = socket.default_value
     else:
         v = socket.default_value
         emit.inputs["Color"].default_value = (v, v, v, 1.0)
@@ -131,22 +133,28 @@ def bake_texture_set(
     obj = _plane(tile_m)
     mat = materials.build_material(entry)
     obj.data.materials.append(mat)
-    metal_mat = None
+    extra: list[bpy.types.Material] = []
+
+    def emitted(socket_name: str) -> np.ndarray:
+        copy = _input_material(mat, socket_name)
+        extra.append(copy)
+        obj.data.materials[0] = copy
+        return _bake(obj, copy, "EMIT", size, "Non-Color")
+
     try:
-        base = _to_srgb(_bake(obj, mat, "DIFFUSE", size, "Linear Rec.709"))
-        rough = _bake(obj, mat, "ROUGHNESS", size, "Non-Color")[..., 0]
         normal = _bake(obj, mat, "NORMAL", size, "Non-Color")
-        metal_mat = _metallic_material(mat)
-        obj.data.materials[0] = metal_mat
-        metal = _bake(obj, metal_mat, "EMIT", size, "Non-Color")[..., 0]
+        # Base colour, roughness and metallic are the Principled inputs themselves (a
+        # diffuse-colour bake would turn metals black), written as sRGB / linear data.
+        base = _to_srgb(emitted("Base Color"))
+        rough = emitted("Roughness")[..., 0]
+        metal = emitted("Metallic")[..., 0]
     finally:
         scene.cycles.samples = saved_samples
         mesh = obj.data
         bpy.data.objects.remove(obj)
         bpy.data.meshes.remove(mesh)
-        for m in (mat, metal_mat):
-            if m is not None:
-                bpy.data.materials.remove(m)
+        for m in (mat, *extra):
+            bpy.data.materials.remove(m)
     if directx:
         normal = normal.copy()
         normal[..., 1] = 1.0 - normal[..., 1]

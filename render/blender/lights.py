@@ -17,6 +17,7 @@ import bpy
 BUNDLED_PREFIX = "bpy:"
 RIG_NAME = "phieat-rig"
 WORLD_NAME = "phieat-world"
+MAP_RESOLUTION = 256
 SKY_TYPES = ("SINGLE_SCATTERING", "MULTIPLE_SCATTERING", "PREETHAM", "HOSEK_WILKIE")
 
 
@@ -56,6 +57,10 @@ def _load_image(path: Path) -> bpy.types.Image:
 def _world(scene: bpy.types.Scene) -> bpy.types.World:
     world = bpy.data.worlds.get(WORLD_NAME) or bpy.data.worlds.new(WORLD_NAME)
     scene.world = world
+    # "AUTOMATIC" builds the importance map at the HDRI's resolution, which costs Cycles
+    # ~1-3 s on every world change; a fixed map keeps that to ~0.1 s with little extra noise.
+    world.cycles.sampling_method = "MANUAL"
+    world.cycles.sample_map_resolution = MAP_RESOLUTION
     world.node_tree.nodes.clear()
     return world
 

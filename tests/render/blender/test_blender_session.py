@@ -115,3 +115,28 @@ def test_reset_keeps_rendering(session, job):
     before = session.render_view(job).image
     session.reset()
     assert session.render_view(job).image == before
+
+
+@pytest.mark.slow
+def test_memory_stays_flat_across_shards(session, job):
+    """Datablocks do not pile up: after reset() only the output image is left (no orphans)."""
+    import bpy
+
+    from render.assets import families, lights, meshes
+
+    fams = sorted(families.FAMILIES)
+    mesh_list, light_list = meshes.builtin_meshes(), lights.builtin_lights()
+    job["render"].update(resolution=32, samples=2, passes=["mask"])
+    rss = []
+    for shard in range(3):
+        for i in range(8):
+            k = shard * 8 + i
+            job["material"] = families.material_entry(fams[k % len(fams)], k)
+            job["mesh"] = mesh_list[(5 * k) % len(mesh_list)]
+            job["light"] = light_list[k % len(light_list)]
+            session.render_view(job)
+        session.reset()
+        assert len(bpy.data.materials) == 0 and len(bpy.data.meshes) == 0
+        assert len(bpy.data.lights) == 0 and len(bpy.data.images) <= 1
+        rss.append(session.rss_mb())
+    assert rss[-1] < rss[0] + 60, rss
