@@ -10,7 +10,8 @@ interrupted demo picks up where it stopped. On 2 CPU cores it takes about 30 min
 
 Stages (outputs under ``--out``):
 
-1. ``phieat-render build`` of ``manifests/loop-train.toml`` (150 training-split materials x 4
+1. ``phieat-render build`` of ``manifests/tiny.toml`` (seconds, with a contact sheet
+   ``<out>/tiny-preview.png``), then ``manifests/loop-train.toml`` (150 training-split materials x 4
    views), ``loop-val.toml`` (30 val-split materials) and ``eval-tiny.toml`` (50 test-split
    materials on test-split meshes and lights, with object and material-index masks).
 2. ``phieat-train --config tiny-cpu`` twice on the same shards and budget: physical
@@ -60,33 +61,25 @@ def version_dir(output: Path) -> Path:
     return output / latest["version"]
 
 
+def build(spec: str, output: Path, log: Path, preview: Path | None = None) -> Path:
+    """``phieat-render build`` one spec (resumes by itself); returns its version folder."""
+    cmd = [sys.executable, "-m", "render", "build", spec, "--output", str(output)]
+    if preview is not None:
+        cmd += ["--preview", str(preview)]
+    run(cmd, log)
+    return version_dir(output)
+
+
 def stage_render(out: Path, quick: bool) -> dict[str, Path]:
-    python = sys.executable
+    """tiny.toml first (seconds: the shard contract end to end, with a contact sheet), then
+    the demo's training, val and held-out eval sets."""
+    log = out / "logs" / "render.log"
+    dirs = {"tiny": build("manifests/tiny.toml", out / "tiny", log, out / "tiny-preview.png")}
     if quick:
-        output = out / "tiny"
-        run(
-            [
-                python,
-                "-m",
-                "render",
-                "build",
-                "manifests/tiny.toml",
-                "--output",
-                str(output),
-                "--preview",
-                str(out / "tiny-preview.png"),
-            ],
-            out / "logs" / "render.log",
-        )
-        return {"tiny": version_dir(output)}
-    dirs = {}
+        return dirs
     for role, name in DATASETS.items():
-        output = out / "demo" / "data" / name
-        cmd = [python, "-m", "render", "build", f"manifests/{name}.toml", "--output", str(output)]
-        if role == "train":
-            cmd += ["--preview", str(out / "demo" / "train-preview.png")]
-        run(cmd, out / "logs" / "render.log")
-        dirs[role] = version_dir(output)
+        preview = out / "demo" / f"{name}-preview.png" if role != "val" else None
+        dirs[role] = build(f"manifests/{name}.toml", out / "demo" / "data" / name, log, preview)
     return dirs
 
 
