@@ -156,6 +156,9 @@ class TrainConfig:
     resume: bool = True
     # Stop after this step (0: run to optim.steps) and checkpoint, as a preemption would.
     stop_at_step: int = 0
+    # Wall-clock budget in minutes (0: none): stop, checkpoint and export when it is spent,
+    # even if the schedule has not finished (the export records the step reached).
+    max_minutes: float = 0.0
     progress: bool = True
     tensorboard: bool = True
     export: bool = True

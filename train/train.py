@@ -408,6 +408,8 @@ def main(cfg: TrainConfig) -> dict:
     last: dict[str, float] = {}
     export_path = None
     data_iter = iter(loader)
+    run_start = time.perf_counter()
+    time_up = False
     try:
         while step < stop_at:
             t0 = time.perf_counter()
@@ -429,14 +431,23 @@ def main(cfg: TrainConfig) -> dict:
             with autocast:
                 losses = meta(batch, sched["teacher_temp"], step, student_call)
             names = [n for n in LOSS_NAMES if n in losses]
-            reduced = torch.stack(
-                [losses[n].detach().float() for n in names]
-                + [torch.tensor(float(preempt.requested), device=device)]
+            out_of_time = (
+                cfg.max_minutes > 0 and time.perf_counter() - run_start > cfg.max_minutes * 60
+            )
+            flags = [float(preempt.requested), float(out_of_time)]
+            # One all-reduce per step: the loss terms (for logging and the finite check, so
+            # every rank stops together) and the stop flags.
+            reduced = torch.cat(
+                [
+                    torch.stack([losses[n].detach().float() for n in names]),
+                    torch.tensor(flags, device=device),
+                ]
             )
             if world > 1:
                 dist.all_reduce(reduced)
-            values = (reduced[:-1] / world).tolist()
-            stop_requested = reduced[-1].item() > 0
+            values = (reduced[:-2] / world).tolist()
+            stop_requested = reduced[-2].item() > 0
+            time_up = reduced[-1].item() > 0
             if not math.isfinite(values[-1]):
                 terms = ", ".join(f"{n}={v:.4g}" for n, v in zip(names, values, strict=True))
                 raise FloatingPointError(
@@ -487,16 +498,29 @@ def main(cfg: TrainConfig) -> dict:
             if stop_requested:
                 log.warning("stopping at step %d on request (SIGTERM)", step)
                 break
+            if time_up:
+                log.warning(
+                    "max_minutes=%g spent at step %d of %d: stopping and exporting",
+                    cfg.max_minutes,
+                    step,
+                    cfg.optim.steps,
+                )
+                break
             if cfg.ckpt_every > 0 and step % cfg.ckpt_every == 0 and step < stop_at:
                 _save(cfg, meta, optimizer, loader, step, fsdp, rank, world, index_hash)
         _save(cfg, meta, optimizer, loader, step, fsdp, rank, world, index_hash)
-        if cfg.export and step >= cfg.optim.steps:
+        if cfg.export and (step >= cfg.optim.steps or time_up):
             teacher_backbone = module_state(meta.teacher.backbone, fsdp)
             if rank == 0:
                 export_path = str(out_dir / "export" / "backbone.pt")
                 export_backbone(
                     teacher_backbone, backbone_kwargs(cfg), export_path,
-                    {"step": step, "config": to_dict(cfg), "physical_augmentation": cfg.data.physical_augmentation},
+                    {
+                        "step": step,
+                        "config": to_dict(cfg),
+                        "physical_augmentation": cfg.data.physical_augmentation,
+                        "time_limited": step < cfg.optim.steps,
+                    },
                 )  # fmt: skip
                 log.info("exported teacher backbone to %s", export_path)
     finally:

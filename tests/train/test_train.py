@@ -87,3 +87,12 @@ def test_non_finite_loss_aborts_before_step(shard_dir, tmp_path, micro):
     with pytest.raises(FloatingPointError, match="non-finite loss at step 0"):
         main(cfg)
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_time_budget_stops_checkpoints_and_exports(shard_dir, tmp_path, micro):
+    cfg = load_config(None, micro(shard_dir, tmp_path, steps=500) + ["max_minutes=0.00001"])
+    summary = main(cfg)
+    assert summary["step"] == 1 and summary["export"]
+    payload = torch.load(summary["export"], weights_only=True)
+    assert payload["time_limited"] is True and payload["step"] == 1
+    assert [s for s, _ in list_checkpoints(str(tmp_path / "checkpoints"))] == [1]
