@@ -190,6 +190,22 @@ class BlenderSession:
         scene.camera = camera
         self.camera = camera
 
+    def _ensure_scene(self) -> None:
+        """Re-create the scene if something reset Blender's data (another session, a test)."""
+        try:
+            valid = bool(self.scene.name) and bool(self.camera.name)
+            valid = valid and bpy.context.scene == self.scene
+        except ReferenceError:
+            valid = False
+        if not valid:
+            logger.info("Blender data was reset outside this session: rebuilding its scene")
+            self._mesh_cache.clear()
+            self._light_key = None
+            self._init_scene()
+        elif self.scene.camera != self.camera:
+            self.scene.camera = self.camera
+            self._light_key = None
+
     def _set_device(self) -> None:
         cycles = self.scene.cycles
         if self.device == "CPU":
@@ -364,6 +380,7 @@ class BlenderSession:
                 material_id, f"background.mode {mode!r} is not one of {BACKGROUND_MODES}"
             )
         with silenced(self.quiet):
+            self._ensure_scene()
             self._clear_object()
             material = materials.build_material(material_entry, self._base_dirs.get("materials"))
             material.pass_index = int(job.get("material_index", 1))
@@ -386,6 +403,8 @@ class BlenderSession:
                 # strength); the clamp is scaled so it acts as if the light were scaled.
                 self.scene.cycles.sample_clamp_indirect = CLAMP_INDIRECT / strength
             except (meshes.MeshBuildError, lights.LightBuildError, ValueError) as exc:
+                if material.users == 0:
+                    bpy.data.materials.remove(material)
                 raise RenderError(material_id, str(exc)) from exc
             t_engine = time.perf_counter()
             try:
@@ -456,6 +475,7 @@ class BlenderSession:
     def reset(self) -> None:
         """Drop the object, cached meshes, materials and images; purge orphan datablocks."""
         with silenced(self.quiet):
+            self._ensure_scene()
             self._clear_object()
             lights.setup_light(self.scene, {"kind": "color", "params": {"color": [0, 0, 0]}}, 0, 1)
             self._light_key = None

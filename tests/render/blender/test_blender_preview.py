@@ -1,0 +1,44 @@
+"""``assets preview`` renders a labelled contact sheet from a catalog."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from render.assets import catalog as cat
+from render.assets import cli, families
+
+pytestmark = pytest.mark.blender
+
+
+@pytest.mark.slow
+def test_preview_writes_a_grid(tmp_path, session, job):
+    path = cat.write_catalog(
+        tmp_path / "materials.jsonl", families.generate(4, ["wood", "marble", "fabric"])
+    )
+    out = tmp_path / "sheet.png"
+    args = [
+        "preview",
+        "--catalog",
+        str(path),
+        "-n",
+        "3",
+        "--tile",
+        "32",
+        "--samples",
+        "2",
+        "--columns",
+        "3",
+        "-o",
+        str(out),
+    ]
+    assert cli.main(args) == 0
+    sheet = Image.open(out)
+    assert sheet.size == (96, 32)
+    # Three different materials: the three tiles differ.
+    pixels = np.asarray(sheet.convert("RGB")).astype(float)
+    means = [pixels[:20, 32 * i : 32 * i + 32].mean() for i in range(3)]
+    assert len({round(m) for m in means}) == 3
+    # The preview made its own session; the shared one keeps working afterwards.
+    assert session.render_view(job).image
