@@ -503,7 +503,7 @@ FAMILIES: dict[str, Family] = {
                     _hex("3a4a6a", "d8d0c0", "202020", "8a8a8a", "c8a040"), 0.03, 0.2, 0.2
                 ),
                 "weft_mix": Num(0.0, 1.0),
-                "thread_spacing_m": Num(0.001, 0.006, log=True),
+                "thread_spacing_m": Num(0.0008, 0.004, log=True),
                 "weave_strength": Num(0.2, 1.0),
                 "roughness": Num(0.7, 1.0),
                 "sheen": Num(0.2, 1.0),
@@ -534,7 +534,7 @@ FAMILIES: dict[str, Family] = {
                     0.2,
                 ),
                 "roughness": Num(0.3, 0.8),
-                "grain_scale_m": Num(0.0015, 0.006, log=True),
+                "grain_scale_m": Num(0.001, 0.004, log=True),
                 "grain_strength": Num(0.3, 1.0),
                 "wrinkle_scale_m": Num(0.01, 0.06, log=True),
                 "wrinkle_strength": Num(0.0, 0.5),

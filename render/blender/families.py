@@ -31,6 +31,7 @@ class Graph:
         self.bsdf = bsdf
         self.params = params
         self._coords: Socket | None = None
+        self._coords_key: tuple[float, float] | None = None
 
     def node(self, kind: str, inputs: dict | None = None, **props) -> bpy.types.Node:
         node = self.nt.nodes.new(kind)
@@ -58,20 +59,32 @@ class Graph:
     # -------------------------------------------------------------- coordinates
 
     def coords(self, stretch: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> Socket:
-        """Object-space position in metres, rotated and offset by the material's params."""
+        """Object-space position in metres, rotated and offset by the material's params.
+
+        ``stretch`` scales the *rotated* axes, so a (1, 1, 0.04) stretch elongates features
+        along the pattern's own Z axis (the grain of wood, the lay of brushed metal).
+        """
         off = float(self.params.get("offset", 0.0))
         rot = float(self.params.get("rotation", 0.0))
-        tex = self.node("ShaderNodeTexCoord")
-        mapping = self.node(
-            "ShaderNodeMapping",
-            {
-                "Vector": tex.outputs["Object"],
-                "Location": (off, 0.7 * off, 1.3 * off),
-                "Rotation": (0.37 * rot, 0.61 * rot, rot),
-                "Scale": tuple(UNIT_M * s for s in stretch),
-            },
+        key = (off, rot)
+        if self._coords is None or self._coords_key != key:
+            tex = self.node("ShaderNodeTexCoord")
+            mapping = self.node(
+                "ShaderNodeMapping",
+                {
+                    "Vector": tex.outputs["Object"],
+                    "Location": (off, 0.7 * off, 1.3 * off),
+                    "Rotation": (0.37 * rot, 0.61 * rot, rot),
+                    "Scale": (UNIT_M,) * 3,
+                },
+            )
+            self._coords, self._coords_key = mapping.outputs["Vector"], key
+        if stretch == (1.0, 1.0, 1.0):
+            return self._coords
+        scaled = self.node(
+            "ShaderNodeVectorMath", {0: self._coords, 1: stretch}, operation="MULTIPLY"
         )
-        return mapping.outputs["Vector"]
+        return scaled.outputs[0]
 
     def normal_weights(self, sharpness: float = 4.0) -> tuple[Socket, Socket, Socket]:
         """Triplanar blend weights from the object-space normal (sum to 1)."""
@@ -246,13 +259,25 @@ def wood(g: Graph, p: dict) -> None:
     )
     width = 0.55 - 0.4 * p["ring_sharpness"]
     late = g.ramp(rings.outputs["Fac"], 1.0 - width, 1.0)
+    # Years differ: some rings are darker than others.
+    years = g.noise(shifted, p["ring_spacing_m"] * 4, detail=1.0).outputs["Fac"]
+    late = g.math("MULTIPLY", late, g.ramp(years, 0.3, 0.7, 0.45, 1.0))
+    # Fibres and pores run along the grain (the pattern's Z axis).
     fibre_vec = g.coords(stretch=(1.0, 1.0, 0.04))
     fibre = g.noise(fibre_vec, p["grain_scale_m"], detail=6.0, roughness=0.6).outputs["Fac"]
+    pore_vec = g.coords(stretch=(1.0, 1.0, 0.12))
+    pores = g.noise(pore_vec, p["grain_scale_m"] * 0.6, detail=2.0).outputs["Fac"]
+    pores = g.ramp(pores, 0.64, 0.72)
     color = g.mix(late, p["base_color"], p["dark_color"])
     color = g.shade(color, fibre, p["grain_strength"])
+    color = g.mix(g.math("MULTIPLY", pores, 0.35), color, p["dark_color"])
     g.set("Base Color", color)
-    g.set("Roughness", g.math("MULTIPLY_ADD", late, 0.1, p["roughness"]))
+    g.set(
+        "Roughness",
+        g.math("MULTIPLY_ADD", pores, 0.15, g.math("MULTIPLY_ADD", late, 0.1, p["roughness"])),
+    )
     height = g.math("MULTIPLY_ADD", fibre, 0.6, g.math("MULTIPLY", late, -0.4))
+    height = g.math("SUBTRACT", height, g.math("MULTIPLY", pores, 0.5))
     g.set("Normal", g.bump(height, p["bump_strength"], 0.0006))
 
 
@@ -398,7 +423,7 @@ def car_paint(g: Graph, p: dict) -> None:
     sep = g.node("ShaderNodeSeparateColor", {"Color": flakes.outputs["Color"]})
     g.set("Base Color", g.shade(p["base_color"], sep.outputs[1], 0.25 * p["flake_strength"]))
     # Flakes tilt the base layer's normal only; the clear coat keeps the geometric normal.
-    g.set("Normal", g.bump(sep.outputs[0], p["flake_strength"], 0.00005))
+    g.set("Normal", g.bump(sep.outputs[0], p["flake_strength"], 0.0002))
 
 
 def plastic(g: Graph, p: dict) -> None:
@@ -502,7 +527,7 @@ def plaster(g: Graph, p: dict) -> None:
     g.set("Base Color", g.shade(p["base_color"], tone, p["tone_variation"]))
     smooth = g.ramp(trowel, 0.45, 0.6)
     g.set("Roughness", g.math("MULTIPLY_ADD", smooth, -0.25 * p["trowel_strength"], p["roughness"]))
-    normal = g.bump(stucco, p["stucco_strength"], 0.0015)
+    normal = g.bump(stucco, p["stucco_strength"], 0.003)
     g.set("Normal", g.bump(smooth, p["trowel_strength"], 0.0008, normal))
 
 
@@ -564,19 +589,32 @@ def fabric(g: Graph, p: dict) -> None:
         return g.math("ABSOLUTE", parity)
 
     def profile(u: Socket, v: Socket) -> Socket:
-        """Height of the visible thread: a rounded cross-section across it."""
+        """Height of the visible thread: rounded across it, dipping where it goes under."""
         uu, vv = cells(u, v)
-        warp = g.math("SINE", g.math("MULTIPLY", g.math("FRACT", uu), math.pi))
-        weft = g.math("SINE", g.math("MULTIPLY", g.math("FRACT", vv), math.pi))
+        across_u = g.math("SINE", g.math("MULTIPLY", g.math("FRACT", uu), math.pi))
+        across_v = g.math("SINE", g.math("MULTIPLY", g.math("FRACT", vv), math.pi))
+        warp = g.math("MULTIPLY", across_u, g.math("POWER", across_v, 0.35))
+        weft = g.math("MULTIPLY", across_v, g.math("POWER", across_u, 0.35))
         top = over(u, v)
         return g.math("MULTIPLY_ADD", top, g.math("SUBTRACT", weft, warp), warp)
+
+    def thread_tint(u: Socket, v: Socket) -> Socket:
+        """A per-thread brightness jitter (yarns are never perfectly even)."""
+        uu, vv = cells(u, v)
+        idx = g.node("ShaderNodeCombineXYZ", {"X": g.math("FLOOR", uu), "Y": g.math("FLOOR", vv)})
+        return g.node(
+            "ShaderNodeTexWhiteNoise", {"Vector": idx.outputs[0]}, noise_dimensions="3D"
+        ).outputs["Value"]
 
     on_top = g.triplanar(vec, over)
     height = g.triplanar(vec, profile)
     weft_col = g.mix(p["weft_mix"], p["base_color"], p["weft_color"])
     fuzz = g.noise(vec, spacing * 0.3, detail=6.0).outputs["Fac"]
     color = g.mix(on_top, p["base_color"], weft_col)
-    color = g.shade(color, height, 0.3 * p["weave_strength"])
+    color = g.shade(color, height, 0.45 * p["weave_strength"])
+    gaps = g.ramp(height, 0.0, 0.3, 0.55, 1.0)  # shadowed gaps between the yarns
+    color = g.mix(1.0, color, g.gray(gaps), "MULTIPLY")
+    color = g.shade(color, g.triplanar(vec, thread_tint), 0.12)
     g.set("Base Color", g.shade(color, fuzz, 0.3 * p["fuzz"]))
     g.set("Roughness", p["roughness"])
     g.set("Normal", g.bump(height, p["weave_strength"], spacing * 0.3))
@@ -607,7 +645,7 @@ def ground(g: Graph, p: dict) -> None:
     dome = g.ramp(pebbles.outputs["Distance"], radius, radius * 0.5)
     dome = g.math("MULTIPLY", dome, 1.0 if p["pebble_amount"] > 0.02 else 0.0)
     sep = g.node("ShaderNodeSeparateColor", {"Color": pebbles.outputs["Color"]})
-    stones = g.shade(g.mix(0.3, p["stone_color"], p["base_color"]), sep.outputs[0], 0.6)
+    stones = g.shade(g.mix(0.45, p["stone_color"], p["base_color"]), sep.outputs[0], 0.6)
     stones = g.shade(stones, clump, 0.3)
     soil = g.shade(p["base_color"], clump, 0.35)
     color = g.mix(dome, soil, stones)
