@@ -93,11 +93,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
             if sidecar is None:
                 todo.append(shard)
                 reasons[why] = reasons.get(why, 0) + 1
+        why = "".join(f", {n} {why}" for why, n in sorted(reasons.items()))
         print(
             f"a build would render {len(todo)} of {len(plan.shards)} shards "
-            f"({len(plan.new_shards)} in a new generation; "
-            + ", ".join(f"{n} {why}" for why, n in sorted(reasons.items()))
-            + ")"
+            f"({len(plan.new_shards)} in a new generation{why})"
         )
         shards = todo
     print(describe(plan, shards, max_shards=args.max_shards))

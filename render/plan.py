@@ -443,11 +443,13 @@ def make_plan(
 
 # ----------------------------------------------------------------------------- estimate
 
-# Cost model on one CPU core, fitted to Cycles 5.0 on the reference machines (see bench/):
-# path tracing scales with pixels x samples; a persistent worker adds a small fixed cost per
-# view; OpenImageDenoise scales with pixels.
-CORE_S_PER_PIXEL_SAMPLE = 2.2e-6
-CORE_S_FIXED_PER_VIEW = 0.25
+# Cost model in core-seconds, fitted to bench/render_bench.py on the 2-core reference machine
+# (Cycles 5.0, views changing mesh and HDRI as in a real plan): 3.3 core-s per image at
+# 128 px / 16 samples, 10.0 at 256 px / 32. Path tracing scales with pixels x samples; the
+# fixed part is mostly scene sync when the HDRI changes (larger shards amortise it). Use
+# `plan --estimate --core-s-per-image X` with your own benchmark number on other hardware.
+CORE_S_PER_PIXEL_SAMPLE = 3.7e-6
+CORE_S_FIXED_PER_VIEW = 2.0
 CORE_S_DENOISE_PER_PIXEL = 1.0 / 65536
 BYTES_PER_PIXEL = {"jpg": 0.35, "png": 1.3, "png16": 3.2, "exr": 4.5}
 PASS_BYTES_PER_PIXEL = {"mask": 0.04, "matid": 0.06}

@@ -147,12 +147,19 @@ class _Worker:
             "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
         }
 
-    def warm(self, job: dict) -> str:
-        if self.device == "CPU":
-            return "cpu"
-        return warm_kernels(
-            self.session, self.device, job, self.kernel_cache, self.session.blender_version
-        )
+    def warm(self, job: dict) -> dict[str, Any]:
+        started = time.perf_counter()
+        state = "cpu"
+        if self.device != "CPU":
+            state = warm_kernels(
+                self.session, self.device, job, self.kernel_cache, self.session.blender_version
+            )
+        return {
+            "state": state,
+            "device": self.device,
+            "host": socket.gethostname(),
+            "seconds": round(time.perf_counter() - started, 1),
+        }
 
     def render(self, shard: dict, version_url: str, max_retries: int) -> dict[str, Any]:
         sidecar = render_shard(self.session, shard, version_url, max_retries=max_retries)
@@ -171,13 +178,19 @@ class _Slot:
         self.info_ref = info_ref
         self.serial = serial
         self.shards = 0
-        self.warmed = False
+        self.warm_ref: Any = None
 
 
 def ensure_ray(
-    address: str | None = None, num_cpus: int | None = None, verbose: bool = False
+    address: str | None = None,
+    num_cpus: int | None = None,
+    verbose: bool = False,
+    num_gpus: int | None = None,
 ) -> None:
-    """Connect to ``address`` / ``RAY_ADDRESS``, or start a local Ray on this machine."""
+    """Connect to ``address`` / ``RAY_ADDRESS``, or start a local Ray on this machine.
+
+    ``num_cpus`` / ``num_gpus`` (local Ray only) default to what the machine has.
+    """
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
@@ -189,7 +202,7 @@ def ensure_ray(
     if address:
         ray.init(address=address, **kwargs)
     else:
-        ray.init(num_cpus=num_cpus, **kwargs)
+        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, **kwargs)
 
 
 def shutdown_ray() -> None:
@@ -240,11 +253,26 @@ class RenderPool:
                         f"has {ray.cluster_resources().get('GPU', 0)} GPUs"
                     )
         self.workers = workers
+        free = ray.available_resources()
+        if free.get("CPU", 0) < workers * threads_per_worker or (
+            gpus_per_worker and free.get("GPU", 0) < workers * gpus_per_worker
+        ):
+            logger.warning(
+                "%d workers need %d CPUs and %g GPUs but Ray has %g CPUs and %g GPUs free: "
+                "some workers wait until resources free up",
+                workers,
+                workers * threads_per_worker,
+                workers * gpus_per_worker,
+                free.get("CPU", 0),
+                free.get("GPU", 0),
+            )
         self._serial = 0
         self._slots: list[_Slot] = [self._new_slot() for _ in range(workers)]
         self._in_flight: dict[Any, tuple[_Slot, dict, float]] = {}
         self.crashes = 0
         self.recycled = 0
+        # Called with (shard name, actor pid) when a shard is handed to an actor (monitoring).
+        self.on_submit: Callable[[str, int], None] | None = None
 
     # -- actors
 
@@ -294,7 +322,6 @@ class RenderPool:
         shards: list[dict],
         version_url: str,
         max_retries: int,
-        on_submit: Callable[[str, int], None] | None = None,
     ) -> Iterator[ShardOutcome]:
         """Render ``shards``; yields one outcome per shard as shards finish."""
         queue = deque(shards)
@@ -308,15 +335,15 @@ class RenderPool:
                         break
                     if id(slot) in busy:
                         continue
-                    if self.gpus and not slot.warmed and first_job is not None:
-                        # Blocks this actor only; a node's first actor compiles, others wait.
-                        ray.get(slot.actor.warm.remote(first_job))
-                    slot.warmed = True
+                    if self.gpus and slot.warm_ref is None and first_job is not None:
+                        # Queued before the shard on the same actor (actor tasks run in order):
+                        # the node's first actor compiles, the others wait on its lock.
+                        slot.warm_ref = slot.actor.warm.remote(first_job)
                     shard = queue.popleft()
                     ref = slot.actor.render.remote(shard, version_url, max_retries)
                     self._in_flight[ref] = (slot, shard, time.monotonic())
-                    if on_submit is not None:
-                        on_submit(shard["name"], slot.serial)
+                    if self.on_submit is not None:
+                        self.on_submit(shard["name"], ray.get(slot.info_ref)["pid"])
                 ready, _ = ray.wait(list(self._in_flight), num_returns=1, timeout=self.poll_s)
                 for ref in ready:
                     yield from self._collect(ref, queue, attempts)
@@ -350,6 +377,20 @@ class RenderPool:
             )
             return
         slot.shards += 1
+        if slot.warm_ref is not None and slot.shards == 1:
+            warm = ray.get(slot.warm_ref)
+            if warm["state"] == "compiled":
+                logger.warning(
+                    "worker %d compiled Cycles %s kernels on %s in %.0f s (cached for the node)",
+                    slot.serial,
+                    warm["device"],
+                    warm["host"],
+                    warm["seconds"],
+                )
+            else:
+                logger.info(
+                    "worker %d: %s kernels from the node cache", slot.serial, warm["device"]
+                )
         yield ShardOutcome(
             name, out["sidecar"], None, attempts.get(name, 0) + 1, f"worker {slot.serial}"
         )

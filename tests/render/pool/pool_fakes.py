@@ -174,3 +174,10 @@ def write_spec(folder: Path, output: str, **sections: dict) -> Path:
     path = folder / "spec.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def cuda_only_factory(threads: int = 1, device: str = "CPU", quiet: bool = True) -> FakeSession:
+    """A worker whose GPU has CUDA but no OptiX (the pool must fall back to CUDA)."""
+    if device == "OPTIX":
+        raise RuntimeError("device 'OPTIX' requested but no such GPU is visible")
+    return FakeSession(threads=threads, device=device, quiet=quiet)

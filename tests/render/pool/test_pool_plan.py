@@ -8,6 +8,7 @@ import pool_fakes
 import pytest
 
 from render.plan import (
+    CORE_S_PER_PIXEL_SAMPLE,
     PlanError,
     dataset_version,
     describe,
@@ -178,7 +179,12 @@ def test_estimate_scales_with_pixels_and_samples(make_spec):
     est_small = estimate(make_plan(small, load_catalogs(small)))
     est_big = estimate(make_plan(big, load_catalogs(big)))
     assert est_small["images"] == est_big["images"] == 12
-    assert est_big["core_hours"] > 4 * est_small["core_hours"] > 0
+    assert est_big["core_hours"] > est_small["core_hours"] > 0
+    # path tracing scales with pixels x samples on top of a fixed cost per view
+    extra = est_big["core_s_per_image"] - est_small["core_s_per_image"]
+    assert extra == pytest.approx(
+        CORE_S_PER_PIXEL_SAMPLE * (128 * 128 * 32 - 64 * 64 * 8), abs=1e-3
+    )
     assert est_big["bytes"] > 1.5 * est_small["bytes"]  # tar and json overheads are fixed
     fixed = estimate(make_plan(small, load_catalogs(small)), core_s_per_image=3600.0)
     assert fixed["core_hours"] == 12.0
