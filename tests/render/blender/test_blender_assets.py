@@ -67,7 +67,24 @@ def test_mesh_files_are_normalised_to_real_size(session, tmp_path):
     ply += "element face 2\nproperty list uchar int vertex_indices\nend_header\n"
     ply += "0 0 0\n3 0 0\n3 1 0\n0 1 1\n3 0 1 2\n3 0 2 3\n"
     (tmp_path / "sheet.ply").write_text(ply)
-    for entry in meshes.scan_mesh_folder(tmp_path, default_size_m=0.4):
+    # A GLB written by Blender's own exporter (a 3 m cube) comes back at 0.4 m.
+    import bmesh
+
+    cube = bpy.data.meshes.new("glb-cube")
+    bm = bmesh.new()
+    bmesh.ops.create_cube(bm, size=3.0)
+    bm.to_mesh(cube)
+    bm.free()
+    obj = bpy.data.objects.new("glb-cube", cube)
+    bpy.context.scene.collection.objects.link(obj)
+    for other in bpy.context.scene.objects:
+        other.select_set(other == obj)
+    bpy.ops.export_scene.gltf(filepath=str(tmp_path / "cube.glb"), use_selection=True)
+    bpy.data.objects.remove(obj)
+    bpy.data.meshes.remove(cube)
+    entries = meshes.scan_mesh_folder(tmp_path, default_size_m=0.4)
+    assert {e["params"]["format"] for e in entries} == {"obj", "stl", "ply", "glb"}
+    for entry in entries:
         mesh = build_mesh(entry)
         extent, _ = _extent(mesh)
         assert extent.max() == pytest.approx(0.4, rel=1e-3), entry["id"]

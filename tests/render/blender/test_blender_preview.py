@@ -42,3 +42,44 @@ def test_preview_writes_a_grid(tmp_path, session, job):
     assert len({round(m) for m in means}) == 3
     # The preview made its own session; the shared one keeps working afterwards.
     assert session.render_view(job).image
+
+
+@pytest.mark.slow
+def test_preview_of_lights_and_meshes(tmp_path, session):
+    from render.assets import lights, meshes
+
+    light_cat = cat.write_catalog(tmp_path / "lights.jsonl", lights.builtin_lights()[:2])
+    mesh_cat = cat.write_catalog(tmp_path / "meshes.jsonl", meshes.builtin_meshes()[:2])
+    common = ["--tile", "32", "--samples", "2", "--columns", "2"]
+    assert (
+        cli.main(
+            [
+                "preview",
+                "--kind",
+                "lights",
+                "--catalog",
+                str(light_cat),
+                "-o",
+                str(tmp_path / "l.png"),
+                *common,
+            ]
+        )
+        == 0
+    )
+    assert (
+        cli.main(
+            [
+                "preview",
+                "--kind",
+                "meshes",
+                "--catalog",
+                str(mesh_cat),
+                "-o",
+                str(tmp_path / "m.png"),
+                *common,
+            ]
+        )
+        == 0
+    )
+    assert Image.open(tmp_path / "l.png").size == (2 * 64, 32)  # chrome + diffuse ball per light
+    assert Image.open(tmp_path / "m.png").size == (64, 32)
