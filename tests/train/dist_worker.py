@@ -64,6 +64,11 @@ def main_worker(shard_dir: Path, out: Path) -> None:
             "total": summary["last"]["loss/total"],
             "export": summary["export"],
         }
+    # Resume the FSDP2 run from its full-state checkpoint and train one more step.
+    summary = main(
+        load_config(None, micro_overrides(shard_dir, out / "fsdp", steps=4) + ["parallel=fsdp"])
+    )
+    result["fsdp_resumed"] = {"step": summary["step"], "total": summary["last"]["loss/total"]}
     (out / f"result-{rank}.json").write_text(json.dumps(result))
     dist.destroy_process_group()
 

@@ -34,6 +34,7 @@ def test_torchrun_ddp_and_fsdp2(shard_dir, tmp_path):
         assert result["contrast"]["grad_finite"]
         for parallel in ("ddp", "fsdp"):
             assert result[parallel]["step"] == 3
+        assert result["fsdp_resumed"]["step"] == 4
     # Losses are all-reduced before logging: every rank reports the same value.
     for parallel in ("ddp", "fsdp"):
         assert results[0][parallel]["total"] == pytest.approx(
@@ -46,5 +47,10 @@ def test_torchrun_ddp_and_fsdp2(shard_dir, tmp_path):
             for v in ckpt["student"].values()
         )
         backbone, info = load_backbone_for_eval(tmp_path / parallel)
-        assert info["step"] == 3
+        assert info["step"] == (4 if parallel == "fsdp" else 3)
         assert torch.isfinite(extract(backbone, torch.rand(1, 3, 32, 32))["cls"]).all()
+    fsdp_steps = [
+        json.loads(line)["step"]
+        for line in (tmp_path / "fsdp" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert fsdp_steps == [1, 2, 3, 4]  # the resumed run continued at step 4
