@@ -23,9 +23,11 @@ import contextlib
 import logging
 import math
 import os
+import shutil
 import sys
 import tempfile
 import time
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from io import BytesIO
@@ -109,10 +111,18 @@ class BlenderSession:
     """One bpy scene reused for many views (persistent data keeps the per-render cost low)."""
 
     def __init__(self, threads: int = 1, device: str = "CPU", quiet: bool = True) -> None:
+        if int(threads) < 1:
+            raise ValueError(
+                f"threads must be >= 1 (Cycles runs with a fixed count), got {threads}"
+            )
         self.threads = int(threads)
         self.device = device.upper()
         self.quiet = quiet
-        self._tmp = Path(tempfile.mkdtemp(prefix="phieat-blender-"))
+        # Passes go through a small EXR per view: keep it in memory-backed storage if any.
+        shm = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+        self._tmp = Path(tempfile.mkdtemp(prefix="phieat-blender-", dir=shm))
+        # Removed when the session is garbage-collected or the process exits normally.
+        self._cleanup = weakref.finalize(self, shutil.rmtree, str(self._tmp), True)
         self._mesh_cache: dict[str, bpy.types.Mesh] = {}
         self._base_dirs: dict[str, Path] = {}
         self._light_key: str | None = None
@@ -339,9 +349,12 @@ class BlenderSession:
             settings.color_depth = "16"
             settings.exr_codec = "ZIP"
             suffix = ".exr"
+        self._tmp.mkdir(parents=True, exist_ok=True)
         path = self._tmp / f"view{suffix}"
         image.save_render(str(path), scene=self.scene)
-        return path.read_bytes()
+        data = path.read_bytes()
+        path.unlink()  # a killed worker leaves nothing behind in /dev/shm
+        return data
 
     def _read_passes(self) -> dict[str, np.ndarray]:
         settings = self.scene.render.image_settings
@@ -349,9 +362,11 @@ class BlenderSession:
         settings.file_format = "OPEN_EXR_MULTILAYER"
         settings.exr_codec = "NONE"
         settings.color_depth = "32"
+        self._tmp.mkdir(parents=True, exist_ok=True)
         path = self._tmp / "passes.exr"
         bpy.data.images["Render Result"].save_render(str(path), scene=self.scene)
         raw = read_passes(path)
+        path.unlink()
         layer = self.scene.view_layers[0].name
         passes: dict[str, np.ndarray] = {}
         for name, values in raw.items():
@@ -373,6 +388,10 @@ class BlenderSession:
             raise RenderError(
                 material_id, f"view job {job.get('key')!r} is malformed: {exc!r}"
             ) from exc
+        wanted = set(render.get("passes") or [])
+        unknown = wanted - {"mask", "matid"}
+        if unknown:
+            raise RenderError(material_id, f"render.passes has unknown entries {sorted(unknown)}")
         background = dict(job.get("background") or {"mode": "hdri"})
         mode = background.get("mode", "hdri")
         if mode not in BACKGROUND_MODES:
@@ -438,10 +457,6 @@ class BlenderSession:
                 image = self._encode(rgb.astype(np.float32), render)
             except ValueError as exc:
                 raise RenderError(material_id, str(exc)) from exc
-        wanted = set(render.get("passes") or [])
-        unknown = wanted - {"mask", "matid"}
-        if unknown:
-            raise RenderError(material_id, f"render.passes has unknown entries {sorted(unknown)}")
         mask = matid = None
         if "mask" in wanted:
             mask = _png(np.round(alpha * 255).astype(np.uint8))
@@ -487,10 +502,14 @@ class BlenderSession:
             bpy.data.orphans_purge(do_local_ids=True, do_linked_ids=True, do_recursive=True)
 
     def close(self) -> None:
-        """Remove the session's temporary folder."""
-        for path in self._tmp.glob("*"):
-            path.unlink()
-        self._tmp.rmdir()
+        """Remove the session's temporary folder (the session can still render afterwards)."""
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def __enter__(self) -> BlenderSession:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 def _png(array: np.ndarray) -> bytes:
