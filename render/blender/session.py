@@ -38,6 +38,7 @@ import numpy as np
 from PIL import Image
 
 from phieat.schema import hash_obj
+from render.assets.units import UNIT_M
 from render.blender import lights, materials, meshes
 from render.blender.exr import read_passes
 from render.errors import RenderError
@@ -246,8 +247,11 @@ class BlenderSession:
         obj = bpy.data.objects.get(OBJECT_NAME)
         if obj is None:
             return
-        old_mats = [m for m in obj.data.materials if m is not None]
+        mesh = obj.data
+        old_mats = [m for m in mesh.materials if m is not None]
         bpy.data.objects.remove(obj)
+        # The mesh stays cached for the next view: drop its slot so the material is freed now.
+        mesh.materials.clear()
         for mat in old_mats:
             if mat.users == 0:
                 bpy.data.materials.remove(mat)
@@ -294,7 +298,7 @@ class BlenderSession:
             "elevation": math.degrees(elevation),
             "azimuth": math.degrees(azimuth),
             "lens_mm": lens,
-            "location_m": [round(float(c), 6) for c in location],
+            "location_m": [round(float(c) * UNIT_M, 6) for c in location],
         }
 
     def _configure(self, render: dict, seed: int) -> None:
