@@ -350,10 +350,14 @@ class RenderPool:
                 if self.shard_timeout_s:
                     yield from self._expire(queue, attempts)
         finally:
-            # Abandoned (driver interrupted): stop the actors so no shard is published late.
+            # Abandoned (driver interrupted): stop the actors, and wait until they are gone so
+            # no shard is published behind the back of a build that starts next.
+            pending = list(self._in_flight)
             for slot, _, _ in list(self._in_flight.values()):
                 self._retire(slot)
             self._in_flight.clear()
+            if pending:
+                ray.wait(pending, num_returns=len(pending), timeout=30)
 
     def _collect(self, ref: Any, queue: deque, attempts: dict[str, int]) -> Iterator[ShardOutcome]:
         slot, shard, _ = self._in_flight.pop(ref)
