@@ -33,8 +33,18 @@ from render.plan import PlanError
 logger = logging.getLogger("phieat.render")
 
 
-class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    pass
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the examples' layout and shows defaults that carry information."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        uninformative = (
+            default is None or default is False or default == [] or default == argparse.SUPPRESS
+        )
+        if not uninformative and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
 
 
 def _spec_args(p: argparse.ArgumentParser) -> None:

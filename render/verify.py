@@ -11,7 +11,6 @@ index's number of views, decodable images, and a key that appears once in the da
 
 from __future__ import annotations
 
-import hashlib
 import io
 import tarfile
 from collections.abc import Iterator
@@ -30,6 +29,7 @@ from phieat.schema import (
 )
 from render import storage
 from render.build import resolve_dataset_url
+from render.writer import file_sha256
 
 EXR_MAGIC = b"\x76\x2f\x31\x01"
 
@@ -161,7 +161,7 @@ def _verify_shard(
                 )
     if not deep:
         return
-    digest = hashlib.sha256(storage.read_bytes(tar_url)).hexdigest()
+    digest = file_sha256(tar_url)
     if digest != shard["sha256"]:
         report.problems.append(f"{name}: sha256 {digest[:16]}... differs from the index (corrupt)")
     count = 0
