@@ -162,3 +162,12 @@ def test_fixed_failed_material_gets_a_new_sample_in_a_new_shard(make_spec, catal
     index = storage.read_json(again.index_url)
     assert "bad-tex" in index["materials"]
     assert "bad-tex__g0001" in _keys(again.version_url, index)
+
+
+def test_progress_bar_counts_images_shards_and_failures(make_spec, catalog_dir, capsys):
+    pool_fakes.write_catalogs(catalog_dir, extra_materials=[pool_fakes.material("bad-tex", fail=1)])
+    spec = make_spec()
+    result = build(spec, local=True, session_factory=pool_fakes.fake_factory, progress=True)
+    err = capsys.readouterr().err
+    assert "14/14" in err and "img/s" in err and "shards 4/4 failures 1" in err
+    assert "1 failed materials/samples" in result.summary() and "bad-tex__g0000" in result.summary()
