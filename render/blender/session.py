@@ -20,6 +20,7 @@ Material Index pass. Same job and seed give identical bytes on CPU.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import math
 import os
@@ -504,6 +505,7 @@ class BlenderSession:
             self._mesh_cache.clear()
             lights.release_images()
             bpy.data.orphans_purge(do_local_ids=True, do_linked_ids=True, do_recursive=True)
+        _release_heap()
 
     def close(self) -> None:
         """Remove the session's temporary folder (the session can still render afterwards)."""
@@ -514,6 +516,17 @@ class BlenderSession:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _release_heap() -> None:
+    """Give freed heap pages back to the OS (glibc keeps them otherwise; RSS would creep)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        logger.debug("malloc_trim is not available on this libc")
 
 
 def _png(array: np.ndarray) -> bytes:
