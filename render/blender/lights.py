@@ -14,6 +14,8 @@ from pathlib import Path
 
 import bpy
 
+from render.assets.units import UNIT_M
+
 BUNDLED_PREFIX = "bpy:"
 RIG_NAME = "phieat-rig"
 WORLD_NAME = "phieat-world"
@@ -164,15 +166,16 @@ def setup_light(
         for i, lamp in enumerate(params.get("lights", [])):
             light = bpy.data.lights.new(f"{RIG_NAME}-{i}", type="AREA")
             light.shape = "RECTANGLE"
-            light.size = float(lamp["size"][0])
-            light.size_y = float(lamp["size"][1])
-            light.energy = float(lamp["power_w"]) * strength
+            light.size = float(lamp["size"][0]) / UNIT_M  # sizes and distances are metres
+            light.size_y = float(lamp["size"][1]) / UNIT_M
+            # Cycles measures distance in scene units: keep the irradiance of P watts at d metres.
+            light.energy = float(lamp["power_w"]) * strength / UNIT_M**2
             light.color = kelvin_to_rgb(float(lamp.get("kelvin", 5500)))
             obj = bpy.data.objects.new(f"{RIG_NAME}-{i}", light)
             scene.collection.objects.link(obj)
             obj.parent = rig
             el, az = math.radians(float(lamp["elevation"])), math.radians(float(lamp["azimuth"]))
-            dist = float(lamp["distance_m"])
+            dist = float(lamp["distance_m"]) / UNIT_M
             obj.location = (
                 dist * math.cos(el) * math.sin(az),
                 -dist * math.cos(el) * math.cos(az),
