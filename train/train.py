@@ -475,7 +475,7 @@ def main(cfg: TrainConfig) -> dict:
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{values[-1]:.3f}")
-            if step % cfg.log_every == 0 or step == stop_at:
+            if step % cfg.log_every == 0 or step == stop_at or stop_requested or time_up:
                 elapsed = time.perf_counter() - window_start
                 record: dict[str, Any] = {
                     **last,

@@ -95,3 +95,26 @@ def test_weight_zero_switches_a_loss_off():
     losses = meta(batch, 0.04, 0)
     assert set(losses) == {"dino", "total"}
     assert torch.allclose(losses["total"], losses["dino"])
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ("loss.ibot_form=regression", "loss.centering=sinkhorn"),
+        ("model.ibot_separate_head=true", "loss.contrast_crops=all", "model.reg_tokens=2"),
+    ],
+)
+def test_variants_give_finite_losses_and_gradients(extra):
+    meta = MetaArch(_micro_cfg(*extra))
+    batch = {
+        "global": torch.randn(4, 3, 16, 16),
+        "local": torch.randn(4, 3, 8, 8),
+        "masks": torch.tensor([[[True, False], [False, False]]] * 4),
+        "labels": torch.tensor([1, 2]),
+    }
+    losses = meta(batch, 0.04, 0)
+    assert {"dino", "ibot", "koleo", "contrast", "total"} <= set(losses)
+    losses["total"].backward()
+    assert all(torch.isfinite(v) for v in losses.values())
+    grads = [p.grad for p in meta.student.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
