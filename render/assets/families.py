@@ -104,7 +104,8 @@ class Family:
     description: str = ""
 
     def numeric(self) -> list[str]:
-        return [k for k, v in self.params.items() if isinstance(v, Num)]
+        """Non-colour numeric parameters that change the material (placement excluded)."""
+        return [k for k, v in self.params.items() if isinstance(v, Num) and k not in PLACEMENT]
 
 
 def _srgb_to_linear(c: float) -> float:
@@ -115,6 +116,9 @@ def _hex(*codes: str) -> tuple[tuple[float, float, float], ...]:
     return tuple(tuple(int(c[i : i + 2], 16) / 255 for i in (0, 2, 4)) for c in codes)
 
 
+# Where the pattern sits on the object: not a property of the material, so the diversity
+# check ignores these two.
+PLACEMENT = ("rotation", "offset")
 ROT = Num(0.0, 6.2832, jitter=False)
 OFFSET = Num(0.0, 50.0, jitter=False)
 METALS = _hex("c8c8c8", "d6d7d9", "b4b5b8", "f2c9a0", "e8b25e", "d9a066", "b5a38c", "9e9e9e")
