@@ -144,3 +144,52 @@ def test_memory_stays_flat_across_shards(session, job):
         assert len(bpy.data.lights) == 0 and len(bpy.data.images) <= 1
         rss.append(session.rss_mb())
     assert rss[-1] < rss[0] + 60, rss
+
+
+def test_pixels_do_not_depend_on_what_rendered_before(session, job):
+    """A long-lived session gives the same bytes for a job whatever it rendered before."""
+    from render.assets import families, lights, meshes
+
+    job["material"] = families.material_entry("leather", 4)
+    first = session.render_view(job).image
+    other = dict(job)
+    for k, (fam, mesh, light) in enumerate(
+        [("wood", 3, 5), ("car-paint", 10, 20), ("fabric", 40, 30)]
+    ):
+        other = dict(
+            job,
+            material=families.material_entry(fam, k),
+            mesh=meshes.builtin_meshes()[mesh],
+            light=lights.builtin_lights()[light],
+        )
+        session.render_view(other)
+    assert session.render_view(job).image == first
+
+
+@pytest.mark.slow
+def test_same_job_same_bytes_in_a_fresh_process(session, job, tmp_path):
+    import hashlib
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    (tmp_path / "job.json").write_text(json.dumps(job))
+    code = (
+        "import hashlib, json, sys\n"
+        "from render.blender.session import BlenderSession\n"
+        "job = json.load(open(sys.argv[1]))\n"
+        "view = BlenderSession(threads=1).render_view(job)\n"
+        "print(hashlib.sha256(view.image).hexdigest())\n"
+    )
+    root = Path(__file__).resolve().parents[3]
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "job.json")],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    here = hashlib.sha256(session.render_view(job).image).hexdigest()
+    assert out.stdout.strip().splitlines()[-1] == here  # other process, other thread count
