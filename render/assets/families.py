@@ -485,6 +485,30 @@ FAMILIES: dict[str, Family] = {
             "sedimentary stone: distorted bedding bands over a sandy grain",
         ),
         Family(
+            "brick",
+            "stone",
+            {
+                "base_color": Color(
+                    _hex("9a4a32", "b0603c", "7a3a2a", "c89a78", "8a7a6a", "a85a48"),
+                    0.02,
+                    0.15,
+                    0.2,
+                ),
+                "mortar_color": Color(
+                    _hex("b8b0a4", "8a847c", "d8d0c4", "5a5650"), 0.02, 0.1, 0.15
+                ),
+                "brick_length_m": Num(0.18, 0.3),
+                "brick_height_m": Num(0.05, 0.09),
+                "mortar_m": Num(0.006, 0.015),
+                "tint_variation": Num(0.05, 0.4),
+                "roughness": Num(0.7, 0.95),
+                "pore_scale_m": Num(0.0008, 0.004, log=True),
+                "bump_strength": Num(0.3, 1.0),
+                "offset": OFFSET,
+            },
+            "running-bond brick wall: per-brick tint, recessed mortar, porous faces",
+        ),
+        Family(
             "fabric",
             "fabric",
             {

@@ -575,6 +575,42 @@ def sandstone(g: Graph, p: dict) -> None:
     g.set("Normal", g.bump(bands.outputs["Fac"], 0.15, 0.001, normal))
 
 
+def brick(g: Graph, p: dict) -> None:
+    vec = g.coords()
+    length, height, gap = p["brick_length_m"], p["brick_height_m"], p["mortar_m"]
+
+    def rows(v: Socket) -> Socket:
+        return g.math("FLOOR", g.math("DIVIDE", v, height))
+
+    def shifted(u: Socket, v: Socket) -> Socket:
+        """Position along the course in brick lengths; every other course is half offset."""
+        half = g.math("MULTIPLY", g.math("MODULO", g.math("ABSOLUTE", rows(v)), 2.0), 0.5)
+        return g.math("ADD", g.math("DIVIDE", u, length), half)
+
+    def mortar(u: Socket, v: Socket) -> Socket:
+        fu = g.math("FRACT", shifted(u, v))
+        fv = g.math("FRACT", g.math("DIVIDE", v, height))
+        du = g.math("MULTIPLY", g.math("MINIMUM", fu, g.math("SUBTRACT", 1.0, fu)), length)
+        dv = g.math("MULTIPLY", g.math("MINIMUM", fv, g.math("SUBTRACT", 1.0, fv)), height)
+        edge = g.math("MINIMUM", du, dv)
+        return g.ramp(edge, gap * 0.35, gap * 0.6, 1.0, 0.0)
+
+    def tint(u: Socket, v: Socket) -> Socket:
+        idx = g.node("ShaderNodeCombineXYZ", {"X": g.math("FLOOR", shifted(u, v)), "Y": rows(v)})
+        return g.node(
+            "ShaderNodeTexWhiteNoise", {"Vector": idx.outputs[0]}, noise_dimensions="3D"
+        ).outputs["Value"]
+
+    joints = g.triplanar(vec, mortar)
+    shade = g.triplanar(vec, tint)
+    pores = g.noise(vec, p["pore_scale_m"], detail=4.0, roughness=0.6).outputs["Fac"]
+    faces = g.shade(g.shade(p["base_color"], shade, p["tint_variation"]), pores, 0.15)
+    g.set("Base Color", g.mix(joints, faces, g.shade(p["mortar_color"], pores, 0.2)))
+    g.set("Roughness", g.math("MULTIPLY_ADD", joints, 0.05, p["roughness"], clamp=True))
+    height_field = g.math("SUBTRACT", g.math("MULTIPLY", pores, 0.25), joints)
+    g.set("Normal", g.bump(height_field, p["bump_strength"], 0.004))
+
+
 def fabric(g: Graph, p: dict) -> None:
     vec = g.coords()
     spacing = p["thread_spacing_m"]
@@ -678,6 +714,7 @@ _FAMILY_FUNCS = {
     "plaster": plaster,
     "granite": granite,
     "sandstone": sandstone,
+    "brick": brick,
     "fabric": fabric,
     "leather": leather,
     "ground": ground,
