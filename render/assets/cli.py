@@ -182,7 +182,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
             failed += 1
             continue
         extra = ""
-        if "diversity" in report:
+        if report.get("diversity"):
             worst = min(
                 (v.get("min_distance", 1.0) for v in report["diversity"].values()), default=1.0
             )

@@ -148,3 +148,19 @@ def test_cli_registers_on_a_parent_parser():
     cli.add_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["assets", "validate", "--no-files", "x.jsonl"])
     assert args.func is cli.cmd_validate and args.catalogs == ["x.jsonl"]
+
+
+def test_check_image_catches_truncated_files(tmp_path: Path):
+    from PIL import Image
+
+    for suffix in ("png", "jpg"):
+        good = tmp_path / f"good.{suffix}"
+        Image.effect_noise((64, 64), 40).convert("RGB").save(good)
+        assert cat.check_image(good) is None
+        cut = tmp_path / f"cut.{suffix}"
+        data = good.read_bytes()
+        cut.write_bytes(data[: len(data) // 2])
+        assert "not a readable image" in cat.check_image(cut)
+    exr = tmp_path / "env.exr"
+    exr.write_bytes(b"not an exr")
+    assert "not an OpenEXR file" in cat.check_image(exr)
