@@ -130,7 +130,7 @@ def contact_sheet(
             img = Image.open(io.BytesIO(data)).convert("RGB").resize((tile, tile), Image.LANCZOS)
             sheet.paste(img, (x0 + j * tile, y0))
         draw = ImageDraw.Draw(sheet)
-        text = label if len(label) <= 2 * per * tile // 11 else label[: 2 * per * tile // 11]
+        text = label[: max(4, cell_w // 6)]  # the default font is ~6 px per character
         draw.rectangle((x0, y0 + tile - 12, x0 + cell_w, y0 + tile), fill=(0, 0, 0))
         draw.text((x0 + 2, y0 + tile - 12), text, fill=(235, 235, 235), font=font)
     out = Path(out)

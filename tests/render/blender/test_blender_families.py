@@ -44,3 +44,14 @@ def test_texture_structure_changes_pixels_not_only_colour(session, job):
     entry = dict(entry, params=dict(entry["params"], ring_spacing_m=0.02, bump_strength=0.25))
     b, _ = _render(session, job, entry)
     assert np.abs(a - b).mean() > 1.0
+
+
+def test_missing_family_parameter_is_a_material_error(session, job):
+    from render.errors import MaterialError
+
+    entry = families.material_entry("marble", 0)
+    del entry["params"]["vein_scale_m"]
+    job["material"] = entry
+    with pytest.raises(MaterialError) as err:
+        session.render_view(job)
+    assert err.value.material_id == entry["id"] and "vein_scale_m" in err.value.reason
