@@ -92,7 +92,7 @@ class Choice:
 
     options: tuple
 
-    def sample(self, rng: np.random.Generator):
+    def sample(self, rng: np.random.Generator) -> object:
         return self.options[int(rng.integers(len(self.options)))]
 
 

@@ -21,6 +21,8 @@ from render.assets.units import UNIT_M
 
 Builder = Callable[[bpy.types.Material, bpy.types.Node, dict], None]
 Socket = bpy.types.NodeSocket
+# A node input value: a constant, an RGB(A)/XYZ list, or an output socket to link from.
+Value = float | int | list | tuple | bpy.types.NodeSocket
 
 
 class Graph:
@@ -41,7 +43,7 @@ class Graph:
             self.connect(value, node.inputs[key])
         return node
 
-    def connect(self, value, socket: Socket) -> None:
+    def connect(self, value: Value, socket: Socket) -> None:
         if isinstance(value, bpy.types.NodeSocket):
             self.nt.links.new(value, socket)
         elif isinstance(value, (list, tuple)):
@@ -52,7 +54,7 @@ class Graph:
         else:
             socket.default_value = float(value)
 
-    def set(self, name: str, value) -> None:
+    def set(self, name: str, value: Value) -> None:
         """Drive a Principled BSDF input."""
         self.connect(value, self.bsdf.inputs[name])
 
@@ -121,7 +123,7 @@ class Graph:
 
     def noise(
         self,
-        vec,
+        vec: Value,
         size_m: float,
         detail: float = 4.0,
         roughness: float = 0.5,
@@ -138,7 +140,9 @@ class Graph:
             },
         )
 
-    def voronoi(self, vec, size_m: float, feature: str = "F1", randomness: float = 1.0):
+    def voronoi(
+        self, vec: Value, size_m: float, feature: str = "F1", randomness: float = 1.0
+    ) -> bpy.types.Node:
         return self.node(
             "ShaderNodeTexVoronoi",
             {"Vector": vec, "Scale": 1.0 / size_m, "Randomness": randomness},
@@ -147,7 +151,7 @@ class Graph:
 
     def wave(
         self,
-        vec,
+        vec: Value,
         period_m: float,
         kind: str,
         direction: str,
@@ -182,7 +186,9 @@ class Graph:
 
     # -------------------------------------------------------------- maths
 
-    def math(self, op: str, a, b=0.0, c=0.0, clamp: bool = False) -> Socket:
+    def math(
+        self, op: str, a: Value, b: Value = 0.0, c: Value = 0.0, clamp: bool = False
+    ) -> Socket:
         node = self.nt.nodes.new("ShaderNodeMath")
         node.operation = op
         node.use_clamp = clamp
@@ -192,7 +198,7 @@ class Graph:
 
     def ramp(
         self,
-        value,
+        value: Value,
         lo: float,
         hi: float,
         out_lo: float = 0.0,
@@ -208,7 +214,7 @@ class Graph:
         node.clamp = True
         return node.outputs["Result"]
 
-    def mix(self, fac, a, b, blend: str = "MIX") -> Socket:
+    def mix(self, fac: Value, a: Value, b: Value, blend: str = "MIX") -> Socket:
         node = self.node("ShaderNodeMix", data_type="RGBA", blend_type=blend)
         node.clamp_result = True
         self.connect(fac, node.inputs[0])
@@ -216,18 +222,20 @@ class Graph:
         self.connect(b, node.inputs[7])
         return node.outputs[2]
 
-    def shade(self, color, fac, amount: float) -> Socket:
+    def shade(self, color: Value, fac: Value, amount: float) -> Socket:
         """``color * (1 + amount * (fac - 0.5) * 2)``: brighten/darken by a 0-1 signal."""
         scale = self.math("MULTIPLY_ADD", fac, 2 * amount, 1 - amount)
         return self.mix(1.0, color, self.gray(scale), "MULTIPLY")
 
-    def gray(self, value) -> Socket:
+    def gray(self, value: Value) -> Socket:
         node = self.node("ShaderNodeCombineColor")
         for i in range(3):
             self.connect(value, node.inputs[i])
         return node.outputs[0]
 
-    def bump(self, height, strength: float, distance_m: float, normal: Socket | None = None):
+    def bump(
+        self, height: Value, strength: float, distance_m: float, normal: Socket | None = None
+    ) -> Socket:
         inputs = {
             "Height": height,
             "Strength": min(1.0, max(0.0, strength)),
