@@ -253,18 +253,23 @@ class RenderPool:
                         f"has {ray.cluster_resources().get('GPU', 0)} GPUs"
                     )
         self.workers = workers
-        free = ray.available_resources()
-        if free.get("CPU", 0) < workers * threads_per_worker or (
-            gpus_per_worker and free.get("GPU", 0) < workers * gpus_per_worker
+        total = ray.cluster_resources()
+        if total.get("CPU", 0) < threads_per_worker or (
+            gpus_per_worker and total.get("GPU", 0) < gpus_per_worker
         ):
+            raise RuntimeError(
+                f"one worker needs {threads_per_worker} CPUs and {gpus_per_worker:g} GPUs but the "
+                f"Ray cluster has {total.get('CPU', 0):g} CPUs and {total.get('GPU', 0):g} GPUs in "
+                "all: lower --threads-per-worker / --gpus-per-worker or add nodes"
+            )
+        if total.get("CPU", 0) < workers * threads_per_worker:
             logger.warning(
-                "%d workers need %d CPUs and %g GPUs but Ray has %g CPUs and %g GPUs free: "
-                "some workers wait until resources free up",
+                "%d workers x %d threads need %d CPUs; the Ray cluster has %g: the rest wait "
+                "for an autoscaler to add nodes",
                 workers,
+                threads_per_worker,
                 workers * threads_per_worker,
-                workers * gpus_per_worker,
-                free.get("CPU", 0),
-                free.get("GPU", 0),
+                total.get("CPU", 0),
             )
         self._serial = 0
         self._slots: list[_Slot] = [self._new_slot() for _ in range(workers)]

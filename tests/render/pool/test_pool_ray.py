@@ -173,3 +173,10 @@ def test_gpu_workers_fall_back_to_cuda_and_compile_kernels_once(ray_spec, tmp_pa
     cached = [r for r in caplog.records if "kernels from the node cache" in r.getMessage()]
     assert len(compiled) == 1 and len(cached) == 1
     assert (tmp_path / "kernels" / "warm-5.0.1-CUDA.done").exists()
+
+
+def test_a_worker_larger_than_the_cluster_is_refused(pool):
+    with pytest.raises(RuntimeError, match="--threads-per-worker"):
+        RenderPool(workers=1, threads_per_worker=64)
+    with pytest.raises(RuntimeError, match="--gpus-per-worker"):
+        RenderPool(workers=1, gpus_per_worker=2)
