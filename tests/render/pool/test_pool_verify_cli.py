@@ -126,3 +126,16 @@ def test_build_memory_output_through_the_cli(make_spec, capsys, monkeypatch):
     assert code == 0, capsys.readouterr()
     assert "3 rendered" in capsys.readouterr().out
     assert storage.exists("memory://cli-test/ds/latest.json")
+
+
+def test_cli_plan_diff_shows_what_a_rerun_adds(make_spec, catalog_dir, capsys):
+    spec = make_spec()
+    assert (
+        build(spec, local=True, session_factory=pool_fakes.fake_factory, progress=False).exit_code
+        == 0
+    )
+    pool_fakes.write_catalogs(catalog_dir, n_materials=8)
+    assert cli.main(["plan", spec.path, "--diff", "--blender-version", "5.0.1"]) == 0
+    out = capsys.readouterr().out
+    assert "a build would render 1 of 4 shards (1 in a new generation, 1 missing)" in out
+    assert "shard-000003.tar  gen 1" in out and "mat-006__g0000" in out
