@@ -52,4 +52,5 @@ def micro_overrides(shard_dir: Path, out_dir: Path, steps: int = 6) -> list[str]
         "ckpt_every=0",
         "progress=false",
         "tensorboard=false",
+        "threads=1",
     ]

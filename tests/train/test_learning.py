@@ -13,13 +13,13 @@ from train.train import main
 
 @pytest.mark.slow
 def test_tiny_cpu_loss_decreases_without_collapse(shard_dir, tmp_path):
-    steps = 12
+    steps = 40
     cfg = load_config(
         "tiny-cpu",
         [
-            f"data.urls={shard_dir}", f"out_dir={tmp_path}", f"optim.steps={steps}", "data.batch_size=8",
-            "data.num_workers=0", "crops.local_per_view=1", "optim.warmup_steps=2", "optim.freeze_last_layer_steps=2",
-            "loss.warmup_teacher_temp_steps=4", "log_every=1", "ckpt_every=0", "progress=false",
+            f"data.urls={shard_dir}", f"out_dir={tmp_path}", f"optim.steps={steps}", "data.batch_size=16",
+            "data.num_workers=0", "optim.warmup_steps=4", "optim.freeze_last_layer_steps=4",
+            "loss.warmup_teacher_temp_steps=10", "log_every=1", "ckpt_every=0", "progress=false",
             "tensorboard=false", "export=false",
         ],
     )  # fmt: skip
@@ -31,7 +31,8 @@ def test_tiny_cpu_loss_decreases_without_collapse(shard_dir, tmp_path):
         values = [r[key] for r in records[part]]
         return sum(values) / len(values)
 
-    head, tail = slice(0, 4), slice(-4, None)
+    head, tail = slice(0, 8), slice(-8, None)
+    assert mean("loss/total", tail) < mean("loss/total", head)
     # Pulling views of one material together is what the physical objective adds; it must
     # fall clearly within a few steps.
     assert mean("loss/contrast", tail) < 0.85 * mean("loss/contrast", head)
@@ -42,4 +43,4 @@ def test_tiny_cpu_loss_decreases_without_collapse(shard_dir, tmp_path):
     assert all(0 < r["loss/dino"] < bound and 0 < r["loss/ibot"] < bound for r in records)
     # No collapse: normalised CLS features keep spreading across the batch.
     stds = [r["stats/cls_std"] for r in records]
-    assert min(stds[-4:]) > 0.02 and stds[-1] > 0.5 * max(stds)
+    assert min(stds[-8:]) > 0.02 and stds[-1] > 0.5 * max(stds)
