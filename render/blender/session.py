@@ -15,6 +15,23 @@ background (HDRI, blurred HDRI, plain or random colour) is composited in linear 
 the object's alpha, then Blender's colour management (Standard or AgX view transform)
 encodes the final image. The mask is the object's alpha, the material-index image the
 Material Index pass. Same job and seed give identical bytes on CPU.
+
+A *material-selection scene* is a view job with a ``scene`` record: the main material and
+mesh plus more objects, all in one image::
+
+    job["scene"] = {
+        "location": [0.0, 0.0, 0.0], "rotation_z": 0.0, "scale": 1.0,   # the main object
+        "objects": [{"material": <material entry>, "mesh": <mesh entry>,
+                     "location": [x, y, z], "rotation_z": 30.0, "scale": 0.8}, ...],
+    }
+
+Locations are metres, ``rotation_z`` degrees. The material-index pass is per material, not
+per object: index 0 is background and 1..K are the distinct material entries in order (the
+main material first), so one material on two objects shares an index and a material whose
+parameters were overridden gets its own. The view meta lists them as ``matid_materials``
+(``matid_materials[k - 1]`` is the ID of index ``k``). The camera looks at the centre of
+the objects' bounding spheres from ``camera.distance`` times their joint radius, moved back
+until every sphere is inside the frame.
 """
 
 from __future__ import annotations
@@ -47,6 +64,7 @@ from render.errors import RenderError
 logger = logging.getLogger("phieat.render")
 
 OBJECT_NAME = "phieat-object"
+SCENE_OBJECT_PREFIX = "phieat-scene-"
 CAMERA_NAME = "phieat-camera"
 OUTPUT_IMAGE = "phieat-output"
 BACKGROUND_MODES = ("hdri", "plain", "random", "blur")
@@ -245,6 +263,7 @@ class BlenderSession:
     # ------------------------------------------------------------------ per view
 
     def _clear_object(self) -> None:
+        self._clear_scene_objects()
         obj = bpy.data.objects.get(OBJECT_NAME)
         if obj is None:
             return
@@ -260,18 +279,137 @@ class BlenderSession:
     def _object(
         self, mesh_entry: dict, material: bpy.types.Material
     ) -> tuple[bpy.types.Object, float]:
-        key = f"{mesh_entry.get('id')}:{mesh_entry.get('size_m')}:{sorted((mesh_entry.get('params') or {}).items())!r}"
-        mesh = self._mesh_cache.get(key)
-        if mesh is None:
-            mesh = meshes.build_mesh(mesh_entry, self._base_dirs.get("meshes"))
-            self._mesh_cache[key] = mesh
+        mesh = self._mesh(mesh_entry)
         mesh.materials.clear()
         mesh.materials.append(material)
         obj = bpy.data.objects.new(OBJECT_NAME, mesh)
         self.scene.collection.objects.link(obj)
         return obj, meshes.bounding_radius(mesh)
 
-    def _place_camera(self, cam: dict, radius: float, light_rotation: float) -> dict:
+    def _clear_scene_objects(self) -> None:
+        """Remove the extra objects of a selection scene and free their materials."""
+        extra = [o for o in bpy.data.objects if o.name.startswith(SCENE_OBJECT_PREFIX)]
+        old_mats = {s.material for o in extra for s in o.material_slots if s.material is not None}
+        for obj in extra:
+            bpy.data.objects.remove(obj)
+        for mat in old_mats:
+            if mat.users == 0:
+                bpy.data.materials.remove(mat)
+
+    def _mesh(self, mesh_entry: dict) -> bpy.types.Mesh:
+        key = f"{mesh_entry.get('id')}:{mesh_entry.get('size_m')}:{sorted((mesh_entry.get('params') or {}).items())!r}"
+        mesh = self._mesh_cache.get(key)
+        if mesh is None:
+            mesh = meshes.build_mesh(mesh_entry, self._base_dirs.get("meshes"))
+            self._mesh_cache[key] = mesh
+        return mesh
+
+    def _scene_objects(
+        self, scene: dict, main: bpy.types.Object, main_material: bpy.types.Material, job: dict
+    ) -> tuple[list[tuple[bpy.types.Object, float]], list[dict], list[dict]]:
+        """Build the extra objects of a selection scene; return the objects with their
+        bounding radii (main first), the material entries of indices 1..K and per-object
+        records for the meta."""
+        rotation = float(job.get("light_rotation", 0.0))
+        by_hash = {hash_obj(job["material"]): main_material}
+        entries = [job["material"]]
+        placed = []
+        records = []
+
+        def place(obj: bpy.types.Object, record: dict, radius: float, where: str) -> None:
+            from mathutils import Matrix, Vector
+
+            loc = record.get("location", [0.0, 0.0, 0.0])
+            scale = float(record.get("scale", 1.0))
+            if len(loc) != 3 or not scale > 0:
+                raise ValueError(f"{where}: location must be [x, y, z] and scale > 0")
+            # The same light-rotation trick as the camera: spin the objects by -rotation.
+            spin = Matrix.Rotation(-math.radians(rotation), 3, "Z")
+            obj.location = spin @ Vector([float(c) / UNIT_M for c in loc])
+            rot_z = float(record.get("rotation_z", 0.0))
+            obj.rotation_euler = (0.0, 0.0, math.radians(rot_z) - math.radians(rotation))
+            obj.scale = (scale, scale, scale)
+            placed.append((obj, radius * scale))
+
+        place(main, scene, meshes.bounding_radius(main.data), "scene")
+        records.append(self._object_record(job["material"], job["mesh"], scene, 1))
+        for i, item in enumerate(scene.get("objects") or []):
+            where = f"scene.objects[{i}]"
+            if not isinstance(item, dict) or "material" not in item or "mesh" not in item:
+                raise ValueError(f"{where} must have 'material' and 'mesh' entries")
+            key = hash_obj(item["material"])
+            material = by_hash.get(key)
+            if material is None:
+                material = materials.build_material(
+                    item["material"], self._base_dirs.get("materials")
+                )
+                entries.append(item["material"])
+                material.pass_index = len(entries)
+                by_hash[key] = material
+            mesh = self._mesh(item["mesh"])
+            if not mesh.materials:
+                mesh.materials.append(None)
+            obj = bpy.data.objects.new(f"{SCENE_OBJECT_PREFIX}{i:03d}", mesh)
+            # Object-linked slot: several objects may share a cached mesh with other materials.
+            obj.material_slots[0].link = "OBJECT"
+            obj.material_slots[0].material = material
+            self.scene.collection.objects.link(obj)
+            place(obj, item, meshes.bounding_radius(mesh), where)
+            records.append(
+                self._object_record(item["material"], item["mesh"], item, material.pass_index)
+            )
+        return placed, entries, records
+
+    @staticmethod
+    def _object_record(material: dict, mesh: dict, placement: dict, index: int) -> dict:
+        record = {
+            "material_id": str(material.get("id")),
+            "mesh_id": str(mesh.get("id")),
+            "matid": int(index),
+            "location": [float(c) for c in placement.get("location", [0.0, 0.0, 0.0])],
+            "rotation_z": float(placement.get("rotation_z", 0.0)),
+            "scale": float(placement.get("scale", 1.0)),
+        }
+        if "colour_match" in material:
+            record["colour_match"] = material["colour_match"]
+        return record
+
+    def _frame_scene(
+        self, cam: dict, placed: list[tuple[bpy.types.Object, float]], light_rotation: float
+    ) -> dict:
+        """Aim the camera at the objects' joint bounding sphere and back off until all fit."""
+        from mathutils import Matrix
+
+        spin_back = Matrix.Rotation(math.radians(light_rotation), 3, "Z")
+        centres = np.array([list(spin_back @ o.location) for o, _ in placed], np.float64)
+        radii = np.array([r for _, r in placed], np.float64)
+        lo = (centres - radii[:, None]).min(0)
+        hi = (centres + radii[:, None]).max(0)
+        target = (lo + hi) / 2
+        radius = float((np.linalg.norm(centres - target, axis=1) + radii).max())
+        factor = float(cam.get("distance", 3.0))
+        half = math.atan(SENSOR_MM / 2 / float(cam.get("lens_mm", 50.0)))
+        for _ in range(60):
+            record = self._place_camera({**cam, "distance": factor}, radius, light_rotation, target)
+            if self._spheres_in_frame(placed, half):
+                break
+            factor *= 1.05
+        record["scene_radius_m"] = round(radius * UNIT_M, 6)
+        return record
+
+    def _spheres_in_frame(self, placed: list[tuple[bpy.types.Object, float]], half: float) -> bool:
+        rot = self.camera.rotation_euler.to_matrix()
+        tan_h, cos_h = math.tan(half), math.cos(half)
+        for obj, r in placed:
+            v = rot.transposed() @ (obj.location - self.camera.location)
+            depth = -v.z
+            if depth <= r or max(abs(v.x), abs(v.y)) + r / cos_h > depth * tan_h:
+                return False
+        return True
+
+    def _place_camera(
+        self, cam: dict, radius: float, light_rotation: float, target: object = None
+    ) -> dict:
         from mathutils import Matrix, Vector
 
         distance = float(cam.get("distance", 3.0)) * radius
@@ -289,18 +427,29 @@ class BlenderSession:
         # by -r: the world stays untouched, and a world update costs Cycles ~1 s (it rebuilds
         # the environment importance map), while moving objects is free.
         spin = Matrix.Rotation(-math.radians(light_rotation), 3, "Z")
-        self.camera.location = spin @ location
-        self.camera.rotation_euler = (-(spin @ location)).to_track_quat("-Z", "Y").to_euler()
+        if target is None:
+            self.camera.location = spin @ location
+            self.camera.rotation_euler = (-(spin @ location)).to_track_quat("-Z", "Y").to_euler()
+        else:
+            # A selection scene: look at the objects' centre instead of the origin.
+            location = location + Vector([float(c) for c in target])
+            self.camera.location = spin @ location
+            aim = spin @ Vector([float(c) for c in target]) - self.camera.location
+            self.camera.rotation_euler = aim.to_track_quat("-Z", "Y").to_euler()
         self.camera.data.lens = lens
         self.camera.data.clip_start = max(1e-4, distance - 2.0 * radius) * 0.5
         self.camera.data.clip_end = distance + 4.0 * radius
-        return {
+        record = {
             "distance": float(cam.get("distance", 3.0)),
             "elevation": math.degrees(elevation),
             "azimuth": math.degrees(azimuth),
             "lens_mm": lens,
             "location_m": [round(float(c) * UNIT_M, 6) for c in location],
         }
+        if target is not None:
+            record["distance"] = round(record["distance"], 4)
+            record["target_m"] = [round(float(c) * UNIT_M, 6) for c in target]
+        return record
 
     def _configure(self, render: dict, seed: int) -> None:
         scene = self.scene
@@ -414,8 +563,18 @@ class BlenderSession:
                 strength = float(job.get("light_strength", 1.0))
                 if not strength > 0:
                     raise ValueError(f"light_strength must be > 0, got {strength}")
-                obj.rotation_euler = (0.0, 0.0, -math.radians(rotation))
-                camera = self._place_camera(job.get("camera") or {}, radius, rotation)
+                scene = job.get("scene")
+                if scene is None:
+                    obj.rotation_euler = (0.0, 0.0, -math.radians(rotation))
+                    camera = self._place_camera(job.get("camera") or {}, radius, rotation)
+                else:
+                    if not isinstance(scene, dict):
+                        raise ValueError("scene must be a dict with an 'objects' list")
+                    material.pass_index = 1
+                    placed, scene_entries, scene_records = self._scene_objects(
+                        scene, obj, material, job
+                    )
+                    camera = self._frame_scene(job.get("camera") or {}, placed, rotation)
                 light_key = hash_obj(light_entry)
                 if light_key != self._light_key:
                     lights.setup_light(
@@ -488,6 +647,9 @@ class BlenderSession:
             "denoise": bool(self.scene.cycles.use_denoising),
             "coverage": round(float(alpha.mean()), 4),
         }
+        if job.get("scene") is not None:
+            meta["matid_materials"] = [str(e.get("id")) for e in scene_entries]
+            meta["scene_objects"] = scene_records
         return RenderedView(image=image, mask=mask, matid=matid, meta=meta)
 
     # ------------------------------------------------------------------ between shards
