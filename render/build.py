@@ -371,6 +371,8 @@ def write_index(
         for sample in shard.samples:
             if sample["key"] in present:
                 materials[sample["material"]["id"]] = sample["material"]
+                for entry in sample.get("scene_materials", []):
+                    materials.setdefault(entry["id"], entry)
     licences: dict[str, list[str]] = {}
     for mid, entry in sorted(materials.items()):
         licences.setdefault(entry["licence"], []).append(mid)

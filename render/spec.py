@@ -101,6 +101,26 @@ class LightingSection:
 
 
 @dataclass(frozen=True)
+class ScenesSection:
+    """Material-selection scenes: several objects with different materials in one view.
+
+    ``count`` scenes (0 = none) of ``objects`` objects each, every one a sample of ``views``
+    views (0 = ``[dataset].views``) keyed by its first material. ``same_material_pairs`` is
+    the chance that an object repeats a material already in the scene;
+    ``same_colour_pairs`` the chance that it gets a material of another family whose base
+    colour is overridden to match one already there. ``distance`` is the camera distance
+    in radii of the objects' joint bounding sphere (the renderer backs off until all fit).
+    """
+
+    count: int = 0
+    objects: list[int] = field(default_factory=lambda: [2, 4])
+    views: int = 0
+    same_material_pairs: float = 0.3
+    same_colour_pairs: float = 0.3
+    distance: list[float] = field(default_factory=lambda: [1.4, 1.8])
+
+
+@dataclass(frozen=True)
 class BuildSection:
     """How a build runs. None of these change the pixels, so they are not in the version hash."""
 
@@ -124,6 +144,7 @@ class Spec:
     render: RenderSection = field(default_factory=RenderSection)
     camera: CameraSection = field(default_factory=CameraSection)
     lighting: LightingSection = field(default_factory=LightingSection)
+    scenes: ScenesSection = field(default_factory=ScenesSection)
     build: BuildSection = field(default_factory=BuildSection)
     path: str = ""
 
@@ -138,6 +159,9 @@ class Spec:
         """The resolved spec as plain data (saved beside outputs; ``path`` left out)."""
         data = dataclasses.asdict(self)
         data.pop("path")
+        if not self.scenes.count:
+            # Specs without scenes keep the shape (and hashes) they had before scenes existed.
+            data.pop("scenes")
         return data
 
     def render_settings(self) -> dict[str, Any]:
@@ -148,13 +172,16 @@ class Spec:
         catalogs = dict(data["catalogs"])
         for name in ("materials", "meshes", "lights"):
             catalogs.pop(name)
-        return {
+        settings = {
             "dataset": dataset,
             "catalogs": catalogs,
             "render": data["render"],
             "camera": data["camera"],
             "lighting": data["lighting"],
         }
+        if "scenes" in data:
+            settings["scenes"] = data["scenes"]
+        return settings
 
     def spec_hash(self) -> str:
         return hash_obj(self.render_settings())
@@ -166,6 +193,7 @@ SECTIONS = {
     "render": RenderSection,
     "camera": CameraSection,
     "lighting": LightingSection,
+    "scenes": ScenesSection,
     "build": BuildSection,
 }
 
@@ -337,6 +365,32 @@ def _check(spec: Spec, where: str) -> None:
     )
     need(spec.camera.lens_mm[0] > 0, "[camera].lens_mm", "must be positive")
     need(spec.lighting.strength[0] > 0, "[lighting].strength", "must be positive")
+    sc = spec.scenes
+    need(sc.count >= 0, "[scenes].count", "must be >= 0 (0 = no selection scenes)")
+    need(
+        len(sc.objects) == 2 and 2 <= sc.objects[0] <= sc.objects[1] <= 16,
+        "[scenes].objects",
+        f"must be a range [low, high] with 2 <= low <= high <= 16, got {sc.objects}",
+    )
+    need(sc.views == 0 or sc.views >= 2, "[scenes].views", "must be 0 (= [dataset].views) or >= 2")
+    for name in ("same_material_pairs", "same_colour_pairs"):
+        need(0 <= getattr(sc, name) <= 1, f"[scenes].{name}", "must be a probability within 0..1")
+    need(
+        sc.same_material_pairs + sc.same_colour_pairs <= 1,
+        "[scenes].same_material_pairs",
+        "plus same_colour_pairs must be <= 1 (they are chances of exclusive cases)",
+    )
+    need(
+        len(sc.distance) == 2 and 1.0 < sc.distance[0] <= sc.distance[1],
+        "[scenes].distance",
+        f"must be a range [low, high] with 1 < low <= high, got {sc.distance}",
+    )
+    if sc.count:
+        need(
+            "matid" in r.passes,
+            "[render].passes",
+            'must include "matid" when [scenes].count > 0 (selection is scored on it)',
+        )
     need(b.workers >= 0, "[build].workers", "must be >= 0 (0 = one per free core group)")
     need(b.threads_per_worker >= 1, "[build].threads_per_worker", "must be >= 1")
     need(b.gpus_per_worker >= 0, "[build].gpus_per_worker", "must be >= 0")

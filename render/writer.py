@@ -199,6 +199,9 @@ def render_shard(
                     "catalog_snapshot": shard["catalog_snapshot"],
                     "plan_hash": shard["plan_hash"],
                 }
+                if sample.get("scene_materials"):
+                    # A selection scene: every material in it, in material-index order.
+                    meta["scene_materials"] = [m["id"] for m in sample["scene_materials"]]
                 validate_meta(meta, sample["key"])
                 members = []
                 for v, view in enumerate(views):
