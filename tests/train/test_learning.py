@@ -20,7 +20,7 @@ def test_tiny_cpu_loss_decreases_without_collapse(shard_dir, tmp_path):
             f"data.urls={shard_dir}", f"out_dir={tmp_path}", f"optim.steps={steps}", "data.batch_size=16",
             "data.num_workers=0", "optim.warmup_steps=4", "optim.freeze_last_layer_steps=4",
             "loss.warmup_teacher_temp_steps=10", "log_every=1", "ckpt_every=0", "progress=false",
-            "tensorboard=false", "export=false",
+            "tensorboard=false", "export=false", "max_minutes=0",
         ],
     )  # fmt: skip
     main(cfg)
