@@ -101,6 +101,8 @@ def stage_train(out: Path, data: Path, seeds: list[int], steps: int | None) -> d
                 f"out_dir={out_dir}",
                 f"seed={seed}",
                 f"data.physical_augmentation={'true' if physical else 'false'}",
+                # Same steps for both models, however busy the machine: no wall-clock cap.
+                "max_minutes=0",
             ]
             if steps:
                 cmd.append(f"optim.steps={steps}")
