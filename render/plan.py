@@ -59,8 +59,10 @@ REQUIRED_FIELDS = {
 SNAPSHOT_DIR = "plan"
 SCENE_GROUP_BASE = 1000
 SCENE_SALT = 104729
-# Bounding-sphere radius of a mesh whose largest side is 1 (half the diagonal of a cube).
-RADIUS_PER_SIZE = 0.87
+# Scene objects stand centred at z = 0 and turn only about Z, so two can only meet where their
+# footprints do; the footprint of a box whose largest side is 1 fits in a circle of radius
+# 1 / sqrt(2), whatever its turn.
+RADIUS_PER_SIZE = 0.71
 
 
 class PlanError(ValueError):
@@ -363,7 +365,7 @@ def _scene_entry(obj: dict, by_id: dict[str, dict]) -> dict:
 
 
 def _layout(rng: np.random.Generator, sizes: list[float]) -> list[dict]:
-    """Objects on a ring about the origin, far enough apart that their bounding spheres never
+    """Objects on a ring about the origin, far enough apart that their footprints never
     meet. Locations in metres. Objects keep their real size (so textures keep their physical
     scale) unless it is more than twice or less than half the first one's: then they are
     scaled to that bound."""

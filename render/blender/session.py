@@ -30,8 +30,8 @@ per object: index 0 is background and 1..K are the distinct material entries in 
 main material first), so one material on two objects shares an index and a material whose
 parameters were overridden gets its own. The view meta lists them as ``matid_materials``
 (``matid_materials[k - 1]`` is the ID of index ``k``). The camera looks at the centre of
-the objects' bounding spheres from ``camera.distance`` times their joint radius, moved back
-until every sphere is inside the frame.
+the objects' bounding boxes from ``camera.distance`` times their joint radius, moved back
+until every box corner is inside the frame.
 """
 
 from __future__ import annotations
@@ -72,6 +72,8 @@ IMAGE_FORMATS = ("jpg", "png", "png16", "exr")
 VIEW_TRANSFORMS = ("Standard", "AgX")
 SENSOR_MM = 36.0
 CLAMP_INDIRECT = 10.0
+# Selection scenes: the objects' bounding boxes fill at most this fraction of the frame.
+FRAME_FILL = 0.94
 
 
 @dataclass
@@ -306,32 +308,39 @@ class BlenderSession:
 
     def _scene_objects(
         self, scene: dict, main: bpy.types.Object, main_material: bpy.types.Material, job: dict
-    ) -> tuple[list[tuple[bpy.types.Object, float]], list[dict], list[dict]]:
-        """Build the extra objects of a selection scene; return the objects with their
-        bounding radii (main first), the material entries of indices 1..K and per-object
-        records for the meta."""
+    ) -> tuple[np.ndarray, list[dict], list[dict]]:
+        """Build the extra objects of a selection scene; return the corners of every object's
+        bounding box in world space before the light-rotation spin (``(8 * n, 3)``, scene
+        units), the material entries of indices 1..K and per-object records for the meta."""
         rotation = float(job.get("light_rotation", 0.0))
         by_hash = {hash_obj(job["material"]): main_material}
         entries = [job["material"]]
-        placed = []
+        corners: list[np.ndarray] = []
         records = []
 
-        def place(obj: bpy.types.Object, record: dict, radius: float, where: str) -> None:
+        def place(obj: bpy.types.Object, record: dict, where: str) -> None:
             from mathutils import Matrix, Vector
 
             loc = record.get("location", [0.0, 0.0, 0.0])
             scale = float(record.get("scale", 1.0))
             if len(loc) != 3 or not scale > 0:
                 raise ValueError(f"{where}: location must be [x, y, z] and scale > 0")
+            location = np.array([float(c) / UNIT_M for c in loc])
+            rot_z = math.radians(float(record.get("rotation_z", 0.0)))
             # The same light-rotation trick as the camera: spin the objects by -rotation.
             spin = Matrix.Rotation(-math.radians(rotation), 3, "Z")
-            obj.location = spin @ Vector([float(c) / UNIT_M for c in loc])
-            rot_z = float(record.get("rotation_z", 0.0))
-            obj.rotation_euler = (0.0, 0.0, math.radians(rot_z) - math.radians(rotation))
+            obj.location = spin @ Vector(location.tolist())
+            obj.rotation_euler = (0.0, 0.0, rot_z - math.radians(rotation))
             obj.scale = (scale, scale, scale)
-            placed.append((obj, radius * scale))
+            co = np.empty(len(obj.data.vertices) * 3, dtype=np.float64)
+            obj.data.vertices.foreach_get("co", co)
+            co = co.reshape(-1, 3)
+            lo, hi = co.min(0), co.max(0)
+            box = np.array([[(lo, hi)[b >> k & 1][k] for k in range(3)] for b in range(8)])
+            turn = np.array(Matrix.Rotation(rot_z, 3, "Z"))
+            corners.append(location + (scale * box) @ turn.T)
 
-        place(main, scene, meshes.bounding_radius(main.data), "scene")
+        place(main, scene, "scene")
         records.append(self._object_record(job["material"], job["mesh"], scene, 1))
         for i, item in enumerate(scene.get("objects") or []):
             where = f"scene.objects[{i}]"
@@ -354,11 +363,11 @@ class BlenderSession:
             obj.material_slots[0].link = "OBJECT"
             obj.material_slots[0].material = material
             self.scene.collection.objects.link(obj)
-            place(obj, item, meshes.bounding_radius(mesh), where)
+            place(obj, item, where)
             records.append(
                 self._object_record(item["material"], item["mesh"], item, material.pass_index)
             )
-        return placed, entries, records
+        return np.concatenate(corners), entries, records
 
     @staticmethod
     def _object_record(material: dict, mesh: dict, placement: dict, index: int) -> dict:
@@ -374,38 +383,28 @@ class BlenderSession:
             record["colour_match"] = material["colour_match"]
         return record
 
-    def _frame_scene(
-        self, cam: dict, placed: list[tuple[bpy.types.Object, float]], light_rotation: float
-    ) -> dict:
-        """Aim the camera at the objects' joint bounding sphere and back off until all fit."""
+    def _frame_scene(self, cam: dict, corners: np.ndarray, light_rotation: float) -> dict:
+        """Aim the camera at the centre of the objects' bounding boxes, ``distance`` times
+        their joint radius away, and back off until every box corner is inside the frame."""
         from mathutils import Matrix
 
-        spin_back = Matrix.Rotation(math.radians(light_rotation), 3, "Z")
-        centres = np.array([list(spin_back @ o.location) for o, _ in placed], np.float64)
-        radii = np.array([r for _, r in placed], np.float64)
-        lo = (centres - radii[:, None]).min(0)
-        hi = (centres + radii[:, None]).max(0)
+        lo, hi = corners.min(0), corners.max(0)
         target = (lo + hi) / 2
-        radius = float((np.linalg.norm(centres - target, axis=1) + radii).max())
+        radius = float(np.linalg.norm(corners - target, axis=1).max())
+        spin = np.array(Matrix.Rotation(-math.radians(light_rotation), 3, "Z"))
+        world = corners @ spin.T
         factor = float(cam.get("distance", 3.0))
-        half = math.atan(SENSOR_MM / 2 / float(cam.get("lens_mm", 50.0)))
-        for _ in range(60):
+        limit = FRAME_FILL * SENSOR_MM / 2 / float(cam.get("lens_mm", 50.0))
+        for _ in range(80):
             record = self._place_camera({**cam, "distance": factor}, radius, light_rotation, target)
-            if self._spheres_in_frame(placed, half):
+            rot = np.array(self.camera.rotation_euler.to_matrix())
+            local = (world - np.array(self.camera.location)) @ rot
+            depth = -local[:, 2]
+            if (depth > 0).all() and (np.abs(local[:, :2]).max(1) <= depth * limit).all():
                 break
-            factor *= 1.05
+            factor *= 1.04
         record["scene_radius_m"] = round(radius * UNIT_M, 6)
         return record
-
-    def _spheres_in_frame(self, placed: list[tuple[bpy.types.Object, float]], half: float) -> bool:
-        rot = self.camera.rotation_euler.to_matrix()
-        tan_h, cos_h = math.tan(half), math.cos(half)
-        for obj, r in placed:
-            v = rot.transposed() @ (obj.location - self.camera.location)
-            depth = -v.z
-            if depth <= r or max(abs(v.x), abs(v.y)) + r / cos_h > depth * tan_h:
-                return False
-        return True
 
     def _place_camera(
         self, cam: dict, radius: float, light_rotation: float, target: object = None
@@ -571,10 +570,10 @@ class BlenderSession:
                     if not isinstance(scene, dict):
                         raise ValueError("scene must be a dict with an 'objects' list")
                     material.pass_index = 1
-                    placed, scene_entries, scene_records = self._scene_objects(
+                    corners, scene_entries, scene_records = self._scene_objects(
                         scene, obj, material, job
                     )
-                    camera = self._frame_scene(job.get("camera") or {}, placed, rotation)
+                    camera = self._frame_scene(job.get("camera") or {}, corners, rotation)
                 light_key = hash_obj(light_entry)
                 if light_key != self._light_key:
                     lights.setup_light(

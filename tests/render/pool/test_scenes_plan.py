@@ -101,7 +101,9 @@ def test_objects_do_not_intersect(make_spec, family_catalogs):
         for i, (a, mesh_a) in enumerate(placed):
             for b, mesh_b in placed[i + 1 :]:
                 gap = np.linalg.norm(np.subtract(a["location"], b["location"]))
-                reach = 0.87 * (mesh_a["size_m"] * a["scale"] + mesh_b["size_m"] * b["scale"])
+                # Footprint circles: half the diagonal of a square of the largest side.
+                size_a, size_b = mesh_a["size_m"] * a["scale"], mesh_b["size_m"] * b["scale"]
+                reach = (size_a + size_b) / np.sqrt(2)
                 assert gap > reach
 
 
