@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -128,3 +129,42 @@ def test_bad_scene_objects_raise_named_errors(session, job):
         session.render_view(broken)
     assert info.value.material_id == "test-blue-plastic"
     assert set(np.unique(_ids(session.render_view(job).matid))) == {0, 1, 2}
+
+
+def test_planned_scene_renders_into_a_valid_sample(session, tmp_path):
+    """A scene from the planner, rendered by the real session and written by the writer."""
+    from phieat.schema import validate_sample
+    from render.plan import _select, draw_scenes, load_catalogs, plan_scene
+    from render.spec import load_spec
+    from render.verify import iter_tar_samples
+    from render.writer import render_shard
+
+    spec = load_spec(
+        Path(__file__).resolve().parents[3] / "manifests" / "eval-tiny.toml",
+        overrides=[
+            "render.resolution=32",
+            "render.samples=2",
+            "dataset.views=2",
+            "scenes.count=1",
+            "scenes.objects=[3, 3]",
+        ],
+    )
+    mats, meshes, lights = _select(spec, load_catalogs(spec))
+    (record,) = draw_scenes(spec, mats)
+    sample = plan_scene(spec, record, {m["id"]: m for m in mats}, meshes, lights)
+    shard = {
+        "name": "shard-000000.tar",
+        "samples": [sample],
+        "catalog_snapshot": {},
+        "plan_hash": "0" * 16,
+    }
+    sidecar = render_shard(session, shard, str(tmp_path))
+    assert sidecar["samples"] == 1 and not sidecar["failures"]
+    ((key, members),) = list(iter_tar_samples(str(tmp_path / "shard-000000.tar")))
+    meta = validate_sample({"__key__": key, **members}, image_format="jpg")
+    expected = [m["id"] for m in sample["scene_materials"]]
+    assert meta["scene_materials"] == expected and key == sample["key"]
+    for v, view in enumerate(meta["views"]):
+        assert view["matid_materials"] == expected
+        ids = set(np.unique(_ids(members[f"view{v}.matid.png"]))) - {0}
+        assert len(ids) >= 2 and ids <= set(range(1, len(expected) + 1))
