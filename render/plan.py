@@ -410,7 +410,7 @@ def plan_scene(
     digest = int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "little")
     rng = np.random.default_rng([spec.dataset.seed, SCENE_SALT, digest])
     n = len(entries)
-    views = spec.scenes.views or spec.dataset.views
+    views = spec.dataset.views
     mesh_list = [meshes[i] for i in _distinct(rng, len(meshes), n)]
     placement = _layout(rng, [float(m.get("size_m", 1.0)) for m in mesh_list])
     light_idx = _distinct(rng, len(lights), views)

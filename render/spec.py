@@ -104,8 +104,9 @@ class LightingSection:
 class ScenesSection:
     """Material-selection scenes: several objects with different materials in one view.
 
-    ``count`` scenes (0 = none) of ``objects`` objects each, every one a sample of ``views``
-    views (0 = ``[dataset].views``) keyed by its first material. ``same_material_pairs`` is
+    ``count`` scenes (0 = none; not limited by ``[dataset].max_materials``) of ``objects``
+    objects each, every one a sample of ``[dataset].views`` views (every sample of a dataset
+    has the same number: the index's ``views_per_sample``) keyed by its first material. ``same_material_pairs`` is
     the chance that an object repeats a material already in the scene;
     ``same_colour_pairs`` the chance that it gets a material of another family whose base
     colour is overridden to match one already there. ``distance`` is the camera distance
@@ -114,7 +115,6 @@ class ScenesSection:
 
     count: int = 0
     objects: list[int] = field(default_factory=lambda: [2, 4])
-    views: int = 0
     same_material_pairs: float = 0.3
     same_colour_pairs: float = 0.3
     distance: list[float] = field(default_factory=lambda: [1.4, 1.8])
@@ -372,7 +372,6 @@ def _check(spec: Spec, where: str) -> None:
         "[scenes].objects",
         f"must be a range [low, high] with 2 <= low <= high <= 16, got {sc.objects}",
     )
-    need(sc.views == 0 or sc.views >= 2, "[scenes].views", "must be 0 (= [dataset].views) or >= 2")
     for name in ("same_material_pairs", "same_colour_pairs"):
         need(0 <= getattr(sc, name) <= 1, f"[scenes].{name}", "must be a probability within 0..1")
     need(

@@ -13,7 +13,7 @@ from render import storage
 from render.build import build
 from render.plan import SCENE_GROUP_BASE, dataset_version, load_catalogs, make_plan
 from render.spec import SpecError
-from render.verify import iter_tar_samples
+from render.verify import iter_tar_samples, verify_dataset
 
 SCENES = {"count": 12, "objects": [3, 4], "same_material_pairs": 0.4, "same_colour_pairs": 0.4}
 RENDER = {"passes": ["mask", "matid"]}
@@ -139,7 +139,7 @@ def test_specs_without_scenes_keep_their_plan_and_version(make_spec, family_cata
         ({"count": 2, "objects": [1, 3]}, RENDER, r"\[scenes\]\.objects"),
         ({"count": 2, "same_colour_pairs": 1.5}, RENDER, r"\[scenes\]\.same_colour_pairs"),
         ({"count": 2, "same_material_pairs": 0.6, "same_colour_pairs": 0.6}, RENDER, "<= 1"),
-        ({"count": 2, "views": 1}, RENDER, r"\[scenes\]\.views"),
+        ({"count": 2, "views": 3}, RENDER, r"\[scenes\]\.views"),
         ({"count": 2, "distance": [0.5, 2.0]}, RENDER, r"\[scenes\]\.distance"),
         ({"count": 2}, {"passes": ["mask"]}, r"\[render\]\.passes"),
         ({"count": "2"}, RENDER, r"\[scenes\]\.count must be an integer"),
@@ -171,3 +171,5 @@ def test_built_scene_samples_pass_the_shard_contract(make_spec, family_catalogs)
             assert set(meta["scene_materials"]) <= set(index["materials"])
             assert {"view0.matid.png", "view1.matid.png"} <= set(sample)
     assert found == 2
+    report = verify_dataset(spec.dataset.output)
+    assert report.ok, report.summary()
