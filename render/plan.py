@@ -16,8 +16,9 @@ enough entries, then starts repeating.
 
 Material-selection scenes (the spec's ``[scenes]``) are planned with the first generation:
 scene ``s`` draws its materials with its own generator (seed, ``s``) and becomes one sample
-keyed by its first material (group ``SCENE_GROUP_BASE + s``), whose V views show the same
-arrangement of objects from different cameras and lights. Hard cases are drawn on purpose:
+keyed by its first material, group ``max(SCENE_GROUP_BASE, samples_per_material) + s`` (so
+never a regular sample's group), whose V views show the same arrangement of objects from
+different cameras and lights. Hard cases are drawn on purpose:
 an object may repeat a material already in the scene, or get a material of another family
 whose ``base_color`` is overridden to match one already there (``colour_match`` in the
 entry records the source material and both colours). Specs without scenes plan exactly
