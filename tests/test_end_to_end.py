@@ -70,6 +70,8 @@ def datasets(tmp_path_factory) -> tuple[Path, Path]:
         *TOY,
         "--set",
         "dataset.max_materials=6",
+        "--set",
+        "scenes.count=2",
     )
     return version_dir(train_out), version_dir(eval_out)
 
@@ -122,6 +124,9 @@ def test_render_train_evaluate(datasets, tmp_path: Path):
     )
     metrics = json.loads((report_dir / "physical" / "metrics.json").read_text())
     assert 0.0 <= metrics["retrieval"]["recall@1"] <= 1.0
+    # the two selection scenes of the eval set are scored (pixel stats work at any size)
+    selection = json.loads((report_dir / "pixel-stats" / "metrics.json").read_text())["selection"]
+    assert 0.0 <= selection["iou"] <= 1.0
     assert (report_dir / "report.md").read_text().count("physical") >= 1
 
 
