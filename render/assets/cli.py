@@ -22,7 +22,7 @@ import argparse
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from render.assets import catalog as cat
@@ -68,6 +68,14 @@ def _split_args(p: argparse.ArgumentParser) -> None:
         type=int,
         default=MIN_TEST["lights"],
         help="the test split must hold at least this many lights",
+    )
+
+
+def _catalog_args(p: argparse.ArgumentParser) -> None:
+    """The catalog files a command reads (see ``_catalogs``) and their ``--kind``."""
+    p.add_argument("catalogs", nargs="*", help="catalog files (default: the three in manifests/)")
+    p.add_argument(
+        "--kind", choices=cat.KINDS, help="catalog kind when the file name does not tell"
     )
 
 
@@ -150,14 +158,16 @@ def cmd_scan(args: argparse.Namespace) -> int:
     return 0
 
 
-def _paths(args: argparse.Namespace) -> list[Path]:
-    return [Path(p) for p in args.catalogs] or [cat.DEFAULT_PATHS[k] for k in cat.KINDS]
+def _catalogs(args: argparse.Namespace) -> Iterator[tuple[Path, str]]:
+    """``(path, kind)`` of each catalog named on the command line (default: the three)."""
+    paths = [Path(p) for p in args.catalogs] or [cat.DEFAULT_PATHS[k] for k in cat.KINDS]
+    for path in paths:
+        yield path, _kind_of(path, args.kind)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
     failed = 0
-    for path in _paths(args):
-        kind = _kind_of(path, args.kind)
+    for path, kind in _catalogs(args):
         try:
             entries = cat.read_catalog(path)
             report = cat.validate_catalog(
@@ -192,8 +202,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_split(args: argparse.Namespace) -> int:
-    for path in _paths(args):
-        kind = _kind_of(path, args.kind)
+    for path, kind in _catalogs(args):
         entries = _split(cat.read_catalog(path), kind, args)
         cat.write_catalog(path, entries)
         print(cat.format_summary(cat.summary(entries, kind), f"{path}"))
@@ -201,8 +210,7 @@ def cmd_split(args: argparse.Namespace) -> int:
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    for path in _paths(args):
-        kind = _kind_of(path, args.kind)
+    for path, kind in _catalogs(args):
         print(cat.format_summary(cat.summary(cat.read_catalog(path), kind), f"{path} [{kind}]"))
     return 0
 
@@ -330,10 +338,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="check catalogs: ids, fields, files, images, categories, diversity",
         formatter_class=_Formatter,
     )
-    p.add_argument("catalogs", nargs="*", help="catalog files (default: the three in manifests/)")
-    p.add_argument(
-        "--kind", choices=cat.KINDS, help="catalog kind when the file name does not tell"
-    )
+    _catalog_args(p)
     p.add_argument(
         "--no-files", action="store_true", help="skip checking that files exist and decode"
     )
@@ -345,10 +350,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p = sub.add_parser(
         "split", help="(re)assign train/val/test by group, in place", formatter_class=_Formatter
     )
-    p.add_argument("catalogs", nargs="*", help="catalog files (default: the three in manifests/)")
-    p.add_argument(
-        "--kind", choices=cat.KINDS, help="catalog kind when the file name does not tell"
-    )
+    _catalog_args(p)
     _split_args(p)
     p.set_defaults(func=cmd_split)
 
@@ -357,10 +359,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="counts per split, category, source, family, kind",
         formatter_class=_Formatter,
     )
-    p.add_argument("catalogs", nargs="*", help="catalog files (default: the three in manifests/)")
-    p.add_argument(
-        "--kind", choices=cat.KINDS, help="catalog kind when the file name does not tell"
-    )
+    _catalog_args(p)
     p.set_defaults(func=cmd_summary)
 
     p = sub.add_parser(

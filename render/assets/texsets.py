@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from phieat.schema import slugify
+from render.assets.catalog import CATEGORIES
 
 LAYOUTS = ("matsynth", "ambientcg", "polyhaven")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".exr", ".webp", ".bmp", ".tga")
@@ -111,23 +112,6 @@ CATEGORY_WORDS = (
     ("paint", "paint"),
     ("clay", "terracotta"),
 )
-ALLOWED = {
-    "ceramic",
-    "concrete",
-    "fabric",
-    "ground",
-    "leather",
-    "marble",
-    "metal",
-    "plaster",
-    "plastic",
-    "stone",
-    "terracotta",
-    "wood",
-    "rubber",
-    "paint",
-    "glass",
-}
 
 
 @dataclass
@@ -209,7 +193,7 @@ def _scan_matsynth(folder, default_category, default_size, licence, relative_to)
             result.skipped.append(f"{d}: no basecolor map (files named basecolor.png ...)")
             continue
         category = str(meta.get("category", "")).lower() or infer_category(name) or default_category
-        if category not in ALLOWED:
+        if category not in CATEGORIES:
             result.skipped.append(f"{d}: category {category!r} is not allowed; pass --category")
             continue
         size = meta.get("physical_size_m", meta.get("physical_size", default_size))
@@ -256,7 +240,7 @@ def _scan_named(folder, layout, default_category, default_size, licence, relativ
             result.skipped.append(f"{layout} set {name} {res}: no base colour map")
             continue
         category = infer_category(name) or default_category
-        if category not in ALLOWED:
+        if category not in CATEGORIES:
             result.skipped.append(f"{layout} set {name}: cannot tell its category; pass --category")
             continue
         result.entries.append(
