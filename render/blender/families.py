@@ -18,6 +18,7 @@ from collections.abc import Callable
 import bpy
 
 from render.assets.units import UNIT_M
+from render.blender.materials import set_constant
 
 Builder = Callable[[bpy.types.Material, bpy.types.Node, dict], None]
 Socket = bpy.types.NodeSocket
@@ -46,13 +47,8 @@ class Graph:
     def connect(self, value: Value, socket: Socket) -> None:
         if isinstance(value, bpy.types.NodeSocket):
             self.nt.links.new(value, socket)
-        elif isinstance(value, (list, tuple)):
-            vals = [float(v) for v in value]
-            if socket.type == "RGBA" and len(vals) == 3:
-                vals.append(1.0)
-            socket.default_value = vals
         else:
-            socket.default_value = float(value)
+            set_constant(socket, value)
 
     def set(self, name: str, value: Value) -> None:
         """Drive a Principled BSDF input."""

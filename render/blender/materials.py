@@ -43,10 +43,8 @@ PRINCIPLED_INPUTS = {
 }
 
 
-def _set_input(node: bpy.types.Node, name: str, value: object, material_id: str) -> None:
-    socket = node.inputs.get(name)
-    if socket is None:
-        raise MaterialError(material_id, f"shader input {name!r} missing on {node.bl_idname}")
+def set_constant(socket: bpy.types.NodeSocket, value: object) -> None:
+    """Give an input socket a constant: a number, or an RGB(A) / XYZ list (alpha 1 if missing)."""
     if isinstance(value, (list, tuple)):
         values = [float(v) for v in value]
         if socket.type == "RGBA" and len(values) == 3:
@@ -56,15 +54,28 @@ def _set_input(node: bpy.types.Node, name: str, value: object, material_id: str)
         socket.default_value = float(value)
 
 
-def principled_material(entry: dict, name: str) -> tuple[bpy.types.Material, bpy.types.Node]:
-    """A material with an Output and a Principled BSDF set from the principled params."""
-    material_id = entry.get("id", "?")
+def _set_input(node: bpy.types.Node, name: str, value: object, material_id: str) -> None:
+    socket = node.inputs.get(name)
+    if socket is None:
+        raise MaterialError(material_id, f"shader input {name!r} missing on {node.bl_idname}")
+    set_constant(socket, value)
+
+
+def new_principled(name: str) -> tuple[bpy.types.Material, bpy.types.Node]:
+    """A new material whose node tree is just a Principled BSDF linked to the Output."""
     mat = bpy.data.materials.new(name)
     nodes = mat.node_tree.nodes
     nodes.clear()
     out = nodes.new("ShaderNodeOutputMaterial")
     bsdf = nodes.new("ShaderNodeBsdfPrincipled")
     mat.node_tree.links.new(bsdf.outputs["BSDF"], out.inputs["Surface"])
+    return mat, bsdf
+
+
+def principled_material(entry: dict, name: str) -> tuple[bpy.types.Material, bpy.types.Node]:
+    """A material with an Output and a Principled BSDF set from the principled params."""
+    material_id = entry.get("id", "?")
+    mat, bsdf = new_principled(name)
     for key, socket in PRINCIPLED_INPUTS.items():
         if key in (entry.get("params") or {}):
             _set_input(bsdf, socket, entry["params"][key], material_id)

@@ -22,6 +22,7 @@ import bpy
 
 from render.assets.units import UNIT_M
 from render.blender.families import Graph
+from render.blender.materials import new_principled
 from render.errors import MaterialError
 
 DEFAULTS = {"roughness": 0.5, "metallic": 0.0}
@@ -60,12 +61,7 @@ def build_texture_set(entry: dict, name: str, base_dir: Path | None = None) -> b
         raise MaterialError(material_id, f"normal_convention {convention!r} must be 'gl' or 'dx'")
     images = {k: _load(material_id, k, v, base_dir) for k, v in maps.items() if v and k != "ao"}
 
-    mat = bpy.data.materials.new(name)
-    nodes = mat.node_tree.nodes
-    nodes.clear()
-    out = nodes.new("ShaderNodeOutputMaterial")
-    bsdf = nodes.new("ShaderNodeBsdfPrincipled")
-    mat.node_tree.links.new(bsdf.outputs["BSDF"], out.inputs["Surface"])
+    mat, bsdf = new_principled(name)
     g = Graph(mat, bsdf, {})
     tex = g.node("ShaderNodeTexCoord")
     coords = g.node(
