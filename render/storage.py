@@ -183,6 +183,14 @@ def _lock_is_stale(info: dict[str, Any]) -> bool:
     return isinstance(pid, int) and not _pid_alive(pid)
 
 
+def _create_exclusive(path: str) -> int | None:
+    """A write descriptor of a newly created file, or ``None`` if the file already exists."""
+    try:
+        return os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return None
+
+
 @contextlib.contextmanager
 def lock(url: str, force: bool = False) -> Iterator[dict[str, Any]]:
     """Hold ``url`` (a lock file) while the block runs; raises ``LockedError`` if taken.
@@ -197,11 +205,8 @@ def lock(url: str, force: bool = False) -> Iterator[dict[str, Any]]:
     for _ in range(2):
         if isinstance(fs, LocalFileSystem):
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-            try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                pass
-            else:
+            fd = _create_exclusive(path)
+            if fd is not None:
                 with os.fdopen(fd, "wb") as fh:
                     fh.write(body)
                 break

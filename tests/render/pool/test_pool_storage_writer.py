@@ -34,13 +34,15 @@ def test_atomic_write_read_and_list(tmp_path, root):
 
 def test_lock_is_exclusive_and_released(tmp_path):
     url = str(tmp_path / "v" / "build.lock")
-    with storage.lock(url):
-        with pytest.raises(storage.LockedError, match="--force-unlock"):
-            with storage.lock(url):
-                pass
+    with storage.lock(url) as held:
+        assert storage.read_json(url)["pid"] == held["pid"] == os.getpid()
+        with pytest.raises(storage.LockedError, match="--force-unlock"), storage.lock(url):
+            raise AssertionError("a second holder must not get the lock")
     assert not storage.exists(url)
-    with storage.lock(url):
-        pass
+    with storage.lock(url, force=False) as again:
+        assert again["pid"] == os.getpid()
+    with storage.lock(url), storage.lock(url, force=True) as forced:
+        assert forced["pid"] == os.getpid()  # --force-unlock takes over a held lock
 
 
 def test_stale_lock_of_dead_process_is_taken_over(tmp_path):
