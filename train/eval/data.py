@@ -20,7 +20,7 @@ import json
 import logging
 import posixpath
 import tarfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
 
 import braceexpand
@@ -258,6 +258,28 @@ def _scene_materials(meta: dict) -> list[str]:
     return out
 
 
+def _read_pass(
+    sample: dict,
+    member: str,
+    decode: Callable[[bytes, str], np.ndarray],
+    where: str,
+    size: tuple[int, int],
+) -> np.ndarray | None:
+    """A view's mask or material-index member, decoded and resized (nearest); None if absent."""
+    data = sample.get(member)
+    if data is None:
+        return None
+    return _resize(decode(data, f"{where}.{member}"), size, nearest=True)
+
+
+def _stack_or_none(views: list[np.ndarray | None], missing: np.ndarray) -> np.ndarray | None:
+    """Stack per-view masks / material indices, ``missing`` for views without one; None if
+    no view has one."""
+    if all(v is None for v in views):
+        return None
+    return np.stack([v if v is not None else missing for v in views])
+
+
 def read_eval_set(
     url: str, image_size: int | None = None, max_samples: int | None = None
 ) -> EvalSet:
@@ -279,7 +301,6 @@ def read_eval_set(
     }
     scene: list[list[str]] = []
     size: tuple[int, int] | None = (image_size, image_size) if image_size else None
-    any_mask = any_matid = False
     n_samples = 0
     for sample in iter_samples(urls):
         if max_samples is not None and n_samples >= max_samples:
@@ -301,20 +322,10 @@ def read_eval_set(
             img = decode_rgb(sample[member], f"{where}.{member}")
             size = size or img.shape[:2]
             rows["images"].append(_resize(img, size, nearest=False))
-            mask_data = sample.get(schema.mask_member(i))
-            if mask_data is not None:
-                any_mask = True
-                m = decode_mask(mask_data, f"{where}.{schema.mask_member(i)}")
-                rows["masks"].append(_resize(m, size, nearest=True))
-            else:
-                rows["masks"].append(None)
-            matid_data = sample.get(schema.matid_member(i))
-            if matid_data is not None:
-                any_matid = True
-                m = decode_matid(matid_data, f"{where}.{schema.matid_member(i)}")
-                rows["matids"].append(_resize(m, size, nearest=True))
-            else:
-                rows["matids"].append(None)
+            mask = _read_pass(sample, schema.mask_member(i), decode_mask, where, size)
+            matid = _read_pass(sample, schema.matid_member(i), decode_matid, where, size)
+            rows["masks"].append(mask)
+            rows["matids"].append(matid)
             for name, value in (
                 ("key", key),
                 ("view", i),
@@ -331,16 +342,8 @@ def read_eval_set(
     if not rows["images"]:
         raise ValueError(f"eval data {url!r} holds no samples")
     assert size is not None
-    masks = (
-        np.stack([m if m is not None else np.ones(size, bool) for m in rows["masks"]])
-        if any_mask
-        else None
-    )
-    matids = (
-        np.stack([m if m is not None else np.full(size, -1, np.int32) for m in rows["matids"]])
-        if any_matid
-        else None
-    )
+    masks = _stack_or_none(rows["masks"], np.ones(size, bool))
+    matids = _stack_or_none(rows["matids"], np.full(size, -1, np.int32))
     logger.info("read %d views of %d samples from %s", len(rows["images"]), n_samples, url)
     return EvalSet(
         images=np.stack(rows["images"]),
