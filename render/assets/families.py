@@ -31,7 +31,7 @@ import numpy as np
 from phieat.schema import hash_obj
 
 SEEDS_PER_VARIANT = 4
-DEFAULT_PER_FAMILY = 288
+DEFAULT_PER_FAMILY = 360
 JITTER = 0.1  # fraction of a parameter's range a seed moves away from its variant
 MIN_DISTANCE = 0.02  # minimum normalised distance between two materials of a family
 LICENCE = "CC0-1.0"
