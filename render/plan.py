@@ -428,10 +428,7 @@ def plan_scene(
             distinct.append(entry)
     jobs = []
     for v in range(views):
-        if spec.render.background == "random":
-            color = [round(float(c), 3) for c in rng.uniform(0.05, 0.95, size=3)]
-        else:
-            color = [float(c) for c in spec.render.background_color]
+        color = _background_color(spec, rng)
         jobs.append(
             {
                 "key": key,
@@ -499,6 +496,13 @@ def _distinct(rng: np.random.Generator, n: int, k: int) -> list[int]:
     return out
 
 
+def _background_color(spec: Spec, rng: np.random.Generator) -> list[float]:
+    """A view's background colour: drawn from ``rng`` in "random" mode, else the spec's."""
+    if spec.render.background == "random":
+        return [round(float(c), 3) for c in rng.uniform(0.05, 0.95, size=3)]
+    return [float(c) for c in spec.render.background_color]
+
+
 def _render_record(spec: Spec) -> dict[str, Any]:
     r = spec.render
     return {
@@ -526,10 +530,7 @@ def plan_sample(
     render = _render_record(spec)
     jobs = []
     for v in range(views):
-        if spec.render.background == "random":
-            color = [round(float(c), 3) for c in rng.uniform(0.05, 0.95, size=3)]
-        else:
-            color = [float(c) for c in spec.render.background_color]
+        color = _background_color(spec, rng)
         jobs.append(
             {
                 "key": key,

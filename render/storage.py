@@ -18,7 +18,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -100,18 +100,19 @@ def _tmp_name(path: str) -> str:
     return f"{parent}/{tmp}" if parent else tmp
 
 
-def write_bytes(url: str, data: bytes) -> None:
-    """Write ``data`` to ``url`` atomically (temporary name beside it, then rename/move)."""
+def _publish(
+    url: str, write_local: Callable[[Path], None], upload: Callable[[Any, str], None]
+) -> None:
+    """Make ``url`` appear whole or not at all: write a temporary name beside it, then rename
+    (local) or move (remote). ``write_local(tmp_path)`` fills a local temporary file;
+    ``upload(fs, tmp_path)`` puts the data at a remote temporary path."""
     fs, path = url_to_fs(url)
     if isinstance(fs, LocalFileSystem):
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(_tmp_name(str(target)))
         try:
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
+            write_local(tmp)
             os.replace(tmp, target)
         finally:
             tmp.unlink(missing_ok=True)
@@ -120,8 +121,21 @@ def write_bytes(url: str, data: bytes) -> None:
     if parent:
         fs.makedirs(parent, exist_ok=True)
     tmp = _tmp_name(path)
-    fs.pipe_file(tmp, data)
+    upload(fs, tmp)
     fs.mv(tmp, path)
+
+
+def _write_synced(tmp: Path, chunks: Iterable[bytes]) -> None:
+    with open(tmp, "wb") as fh:
+        for chunk in chunks:
+            fh.write(chunk)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def write_bytes(url: str, data: bytes) -> None:
+    """Write ``data`` to ``url`` atomically (temporary name beside it, then rename/move)."""
+    _publish(url, lambda tmp: _write_synced(tmp, [data]), lambda fs, tmp: fs.pipe_file(tmp, data))
 
 
 def write_json(url: str, obj: Any, indent: int | None = 1) -> None:
@@ -130,30 +144,15 @@ def write_json(url: str, obj: Any, indent: int | None = 1) -> None:
 
 def put_file(local_path: str | Path, url: str) -> None:
     """Publish a finished local file at ``url`` atomically (rename locally, upload remotely)."""
-    fs, path = url_to_fs(url)
-    if isinstance(fs, LocalFileSystem):
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(_tmp_name(str(target)))
-        try:
-            if Path(local_path).stat().st_dev == target.parent.stat().st_dev:
-                os.link(local_path, tmp)  # same device: no copy needed
-            else:
-                with open(local_path, "rb") as src, open(tmp, "wb") as dst:
-                    while chunk := src.read(1 << 22):
-                        dst.write(chunk)
-                    dst.flush()
-                    os.fsync(dst.fileno())
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return
-    parent = path.rstrip("/").rpartition("/")[0]
-    if parent:
-        fs.makedirs(parent, exist_ok=True)
-    tmp = _tmp_name(path)
-    fs.put_file(str(local_path), tmp)
-    fs.mv(tmp, path)
+
+    def write_local(tmp: Path) -> None:
+        if Path(local_path).stat().st_dev == tmp.parent.stat().st_dev:
+            os.link(local_path, tmp)  # same device: no copy needed
+            return
+        with open(local_path, "rb") as src:
+            _write_synced(tmp, iter(lambda: src.read(1 << 22), b""))
+
+    _publish(url, write_local, lambda fs, tmp: fs.put_file(str(local_path), tmp))
 
 
 def remove(url: str) -> None:
