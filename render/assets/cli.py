@@ -34,7 +34,7 @@ MIN_TEST = {"materials": 1, "meshes": 8, "lights": 3}
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    pass
+    """Keep the examples' line breaks and show each option's default."""
 
 
 def _kind_of(path: Path, kind: str | None) -> str:
