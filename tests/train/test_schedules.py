@@ -22,7 +22,13 @@ def test_cosine_warmup_and_end():
 
 def test_schedules_follow_the_config():
     cfg = load_config(
-        "tiny-cpu", ["optim.steps=100", "loss.warmup_teacher_temp_steps=10", "data.batch_size=256"]
+        "tiny-cpu",
+        [
+            "optim.steps=100",
+            "loss.warmup_teacher_temp_steps=10",
+            "data.batch_size=256",
+            "optim.momentum_teacher=0.992",
+        ],
     )
     assert peak_lr(cfg, world=4) == pytest.approx(cfg.optim.base_lr * math.sqrt(1024 / 1024))
     start, end = schedules(cfg, 0, 1), schedules(cfg, 100, 1)
