@@ -428,28 +428,19 @@ def plan_scene(
             distinct.append(entry)
     jobs = []
     for v in range(views):
-        color = _background_color(spec, rng)
-        jobs.append(
-            {
-                "key": key,
-                "view": v,
-                "material": entries[0],
-                "mesh": mesh_list[0],
-                "light": lights[light_idx[v]],
-                "light_rotation": _uniform(rng, spec.lighting.rotation),
-                "light_strength": _uniform(rng, spec.lighting.strength),
-                "camera": {
-                    "distance": _uniform(rng, spec.scenes.distance),
-                    "elevation": _uniform(rng, spec.camera.elevation),
-                    "azimuth": _uniform(rng, spec.camera.azimuth),
-                    "lens_mm": _uniform(rng, spec.camera.lens_mm),
-                },
-                "background": {"mode": spec.render.background, "color": color},
-                "render": render,
-                "seed": int(rng.integers(0, 2**31 - 1)),
-                "scene": scene,
-            }
+        job = _view_job(
+            spec,
+            rng,
+            key,
+            v,
+            entries[0],
+            mesh_list[0],
+            lights[light_idx[v]],
+            render,
+            spec.scenes.distance,
         )
+        job["scene"] = scene
+        jobs.append(job)
     return {"key": key, "material": entries[0], "views": jobs, "scene_materials": distinct}
 
 
@@ -503,6 +494,39 @@ def _background_color(spec: Spec, rng: np.random.Generator) -> list[float]:
     return [float(c) for c in spec.render.background_color]
 
 
+def _view_job(
+    spec: Spec,
+    rng: np.random.Generator,
+    key: str,
+    view: int,
+    material: dict,
+    mesh: dict,
+    light: dict,
+    render: dict[str, Any],
+    distance: list[float],
+) -> dict[str, Any]:
+    """One view job; draws from ``rng`` in a fixed order (plans depend on it)."""
+    color = _background_color(spec, rng)
+    return {
+        "key": key,
+        "view": view,
+        "material": material,
+        "mesh": mesh,
+        "light": light,
+        "light_rotation": _uniform(rng, spec.lighting.rotation),
+        "light_strength": _uniform(rng, spec.lighting.strength),
+        "camera": {
+            "distance": _uniform(rng, distance),
+            "elevation": _uniform(rng, spec.camera.elevation),
+            "azimuth": _uniform(rng, spec.camera.azimuth),
+            "lens_mm": _uniform(rng, spec.camera.lens_mm),
+        },
+        "background": {"mode": spec.render.background, "color": color},
+        "render": render,
+        "seed": int(rng.integers(0, 2**31 - 1)),
+    }
+
+
 def _render_record(spec: Spec) -> dict[str, Any]:
     r = spec.render
     return {
@@ -528,29 +552,20 @@ def plan_sample(
     mesh_idx = _distinct(rng, len(meshes), views)
     light_idx = _distinct(rng, len(lights), views)
     render = _render_record(spec)
-    jobs = []
-    for v in range(views):
-        color = _background_color(spec, rng)
-        jobs.append(
-            {
-                "key": key,
-                "view": v,
-                "material": material,
-                "mesh": meshes[mesh_idx[v]],
-                "light": lights[light_idx[v]],
-                "light_rotation": _uniform(rng, spec.lighting.rotation),
-                "light_strength": _uniform(rng, spec.lighting.strength),
-                "camera": {
-                    "distance": _uniform(rng, spec.camera.distance),
-                    "elevation": _uniform(rng, spec.camera.elevation),
-                    "azimuth": _uniform(rng, spec.camera.azimuth),
-                    "lens_mm": _uniform(rng, spec.camera.lens_mm),
-                },
-                "background": {"mode": spec.render.background, "color": color},
-                "render": render,
-                "seed": int(rng.integers(0, 2**31 - 1)),
-            }
+    jobs = [
+        _view_job(
+            spec,
+            rng,
+            key,
+            v,
+            material,
+            meshes[mesh_idx[v]],
+            lights[light_idx[v]],
+            render,
+            spec.camera.distance,
         )
+        for v in range(views)
+    ]
     return {"key": key, "material": material, "views": jobs}
 
 
