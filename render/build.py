@@ -94,6 +94,14 @@ class Pool(Protocol):
     def close(self) -> None: ...
 
 
+def should_recycle(shards_done: int, rss_mb: float, after_shards: int, max_rss_mb: float) -> bool:
+    """Whether a render session should be replaced: after ``after_shards`` shards or above
+    ``max_rss_mb`` resident memory (0 switches either rule off)."""
+    return bool(after_shards and shards_done >= after_shards) or bool(
+        max_rss_mb and rss_mb > max_rss_mb
+    )
+
+
 class LocalPool:
     """Render shards one after another in this process (``--local``; debugging, tiny sets).
 
@@ -150,9 +158,9 @@ class LocalPool:
                 self._shards_done += 1
                 yield ShardOutcome(shard["name"], sidecar, None, attempt, f"pid {os.getpid()}")
                 rss = self._session.rss_mb() if self._session else 0.0
-                if (
-                    self.recycle_after_shards and self._shards_done >= self.recycle_after_shards
-                ) or (self.max_rss_mb and rss > self.max_rss_mb):
+                if should_recycle(
+                    self._shards_done, rss, self.recycle_after_shards, self.max_rss_mb
+                ):
                     logger.info(
                         "recycling the local session after %d shards (%.0f MB)",
                         self._shards_done,

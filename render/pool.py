@@ -39,7 +39,12 @@ import ray
 import ray.exceptions
 
 from render import storage
-from render.build import SessionFactory, ShardOutcome, blender_session_factory
+from render.build import (
+    SessionFactory,
+    ShardOutcome,
+    blender_session_factory,
+    should_recycle,
+)
 from render.writer import Session, render_shard
 
 logger = logging.getLogger("phieat.render")
@@ -403,8 +408,7 @@ class RenderPool:
         yield ShardOutcome(
             name, out["sidecar"], None, attempts.get(name, 0) + 1, f"worker {slot.serial}"
         )
-        over_memory = self.max_rss_mb and out["rss_mb"] > self.max_rss_mb
-        if (self.recycle_after_shards and slot.shards >= self.recycle_after_shards) or over_memory:
+        if should_recycle(slot.shards, out["rss_mb"], self.recycle_after_shards, self.max_rss_mb):
             logger.info(
                 "recycling worker %d after %d shards (%.0f MB resident)",
                 slot.serial,
