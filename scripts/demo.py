@@ -35,6 +35,13 @@ ROOT = Path(__file__).resolve().parents[1]
 DATASETS = {"train": "loop-train", "val": "loop-val", "eval": "eval-tiny"}
 
 
+def _resolve(output: Path) -> Path:
+    """The version folder a finished build points to (``latest.json``)."""
+    from render.build import resolve_dataset_url
+
+    return Path(resolve_dataset_url(str(output)))
+
+
 def run(cmd: list[str], log: Path) -> None:
     """Run one stage's command, teeing its output to ``log``; stop the demo if it fails."""
     print("$ " + " ".join(cmd), flush=True)
@@ -55,19 +62,13 @@ def run(cmd: list[str], log: Path) -> None:
         sys.exit(f"demo: stage failed with exit code {code}: {' '.join(cmd)} (log: {log})")
 
 
-def version_dir(output: Path) -> Path:
-    """The dataset version folder a finished build points to from ``latest.json``."""
-    latest = json.loads((output / "latest.json").read_text())
-    return output / latest["version"]
-
-
 def build(spec: str, output: Path, log: Path, preview: Path | None = None) -> Path:
     """``phieat-render build`` one spec (resumes by itself); returns its version folder."""
     cmd = [sys.executable, "-m", "render", "build", spec, "--output", str(output)]
     if preview is not None:
         cmd += ["--preview", str(preview)]
     run(cmd, log)
-    return version_dir(output)
+    return _resolve(output)
 
 
 def stage_render(out: Path, quick: bool) -> dict[str, Path]:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from render.build import resolve_dataset_url
+
 ROOT = Path(__file__).resolve().parents[1]
 TOY = [
     "--set",
@@ -32,16 +34,17 @@ TOY = [
 ]
 
 
+def _resolve(output: Path) -> Path:
+    """The version folder a finished build points to (``latest.json``)."""
+    return Path(resolve_dataset_url(str(output)))
+
+
 def cli(*args: str) -> subprocess.CompletedProcess:
     proc = subprocess.run(
         [sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=600
     )
     assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
     return proc
-
-
-def version_dir(output: Path) -> Path:
-    return output / json.loads((output / "latest.json").read_text())["version"]
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +76,7 @@ def datasets(tmp_path_factory) -> tuple[Path, Path]:
         "--set",
         "scenes.count=2",
     )
-    return version_dir(train_out), version_dir(eval_out)
+    return _resolve(train_out), _resolve(eval_out)
 
 
 @pytest.mark.blender
