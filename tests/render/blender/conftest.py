@@ -60,7 +60,10 @@ BASE_JOB = {
 def session():
     from render.blender.session import BlenderSession
 
-    sess = BlenderSession(threads=2, quiet=True)
+    # One Cycles thread: with 2 threads, rendering the same job twice in one session was seen
+    # to differ in a few pixels in about 1 of 5 runs of this folder, which would make the
+    # byte-identity checks below flaky. Workers in the shipped specs use 1 thread as well.
+    sess = BlenderSession(threads=1, quiet=True)
     yield sess
     sess.close()
 
