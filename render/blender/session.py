@@ -14,7 +14,9 @@ and Material Index passes. The passes are read back from an uncompressed EXR; th
 background (HDRI, blurred HDRI, plain or random colour) is composited in linear light under
 the object's alpha, then Blender's colour management (Standard or AgX view transform)
 encodes the final image. The mask is the object's alpha, the material-index image the
-Material Index pass. Same job and seed give identical bytes on CPU.
+Material Index pass. Same job and seed give identical bytes on CPU, whatever the session
+rendered before: meshes and materials are built once per shard and reused by every view that
+needs them (a material is keyed by its whole catalog entry), and ``reset()`` frees them.
 
 A *material-selection scene* is a view job with a ``scene`` record: the main material and
 mesh plus more objects, all in one image::
@@ -145,7 +147,9 @@ class BlenderSession:
         self._tmp = Path(tempfile.mkdtemp(prefix="phieat-blender-", dir=shm))
         # Removed when the session is garbage-collected or the process exits normally.
         self._cleanup = weakref.finalize(self, shutil.rmtree, str(self._tmp), True)
+        # Built once per shard and reused by every view that needs them; reset() frees them.
         self._mesh_cache: dict[str, bpy.types.Mesh] = {}
+        self._material_cache: dict[str, bpy.types.Material] = {}
         self._base_dirs: dict[str, Path] = {}
         self._light_key: str | None = None
         with silenced(self.quiet):
@@ -232,6 +236,7 @@ class BlenderSession:
         if not valid:
             logger.info("Blender data was reset outside this session: rebuilding its scene")
             self._mesh_cache.clear()
+            self._material_cache.clear()
             self._light_key = None
             self._init_scene()
         elif self.scene.camera != self.camera:
@@ -265,46 +270,60 @@ class BlenderSession:
     # ------------------------------------------------------------------ per view
 
     def _clear_object(self) -> None:
+        """Remove the main object and a selection scene's extra objects (cached data stays)."""
         self._clear_scene_objects()
         obj = bpy.data.objects.get(OBJECT_NAME)
-        if obj is None:
-            return
-        mesh = obj.data
-        old_mats = [m for m in mesh.materials if m is not None]
-        bpy.data.objects.remove(obj)
-        # The mesh stays cached for the next view: drop its slot so the material is freed now.
-        mesh.materials.clear()
-        for mat in old_mats:
-            if mat.users == 0:
-                bpy.data.materials.remove(mat)
+        if obj is not None:
+            bpy.data.objects.remove(obj)
 
     def _object(
         self, mesh_entry: dict, material: bpy.types.Material
     ) -> tuple[bpy.types.Object, float]:
+        """A new main object on the cached mesh with ``material`` in an object-linked slot
+        (the cached mesh itself is never edited)."""
         mesh = self._mesh(mesh_entry)
-        mesh.materials.clear()
-        mesh.materials.append(material)
         obj = bpy.data.objects.new(OBJECT_NAME, mesh)
+        obj.material_slots[0].link = "OBJECT"
+        obj.material_slots[0].material = material
         self.scene.collection.objects.link(obj)
         return obj, meshes.bounding_radius(mesh)
 
     def _clear_scene_objects(self) -> None:
-        """Remove the extra objects of a selection scene and free their materials."""
-        extra = [o for o in bpy.data.objects if o.name.startswith(SCENE_OBJECT_PREFIX)]
-        old_mats = {s.material for o in extra for s in o.material_slots if s.material is not None}
-        for obj in extra:
+        """Remove the extra objects of a selection scene (their materials stay cached)."""
+        for obj in [o for o in bpy.data.objects if o.name.startswith(SCENE_OBJECT_PREFIX)]:
             bpy.data.objects.remove(obj)
-        for mat in old_mats:
-            if mat.users == 0:
-                bpy.data.materials.remove(mat)
 
     def _mesh(self, mesh_entry: dict) -> bpy.types.Mesh:
         key = f"{mesh_entry.get('id')}:{mesh_entry.get('size_m')}:{sorted((mesh_entry.get('params') or {}).items())!r}"
         mesh = self._mesh_cache.get(key)
-        if mesh is None:
+        if mesh is None or not _alive(mesh):
             mesh = meshes.build_mesh(mesh_entry, self._base_dirs.get("meshes"))
+            # One empty slot: objects link their own material to it, the mesh is never edited.
+            mesh.materials.append(None)
             self._mesh_cache[key] = mesh
         return mesh
+
+    def _material(self, entry: dict) -> bpy.types.Material:
+        """The material of a catalog entry, built once per shard: the views of one material
+        share the datablock (building a node graph costs 2-130 ms in Python by family)."""
+        base_dir = self._base_dirs.get("materials")
+        key = hash_obj({"entry": entry, "base_dir": str(base_dir) if base_dir else None})
+        material = self._material_cache.get(key)
+        if material is None or not _alive(material):
+            material = materials.build_material(entry, base_dir)
+            self._material_cache[key] = material
+        return material
+
+    def _free_caches(self) -> None:
+        """Remove the cached materials and meshes (the objects using them must be gone)."""
+        for material in self._material_cache.values():
+            if _alive(material):
+                bpy.data.materials.remove(material)
+        self._material_cache.clear()
+        for mesh in self._mesh_cache.values():
+            if _alive(mesh) and mesh.users == 0:
+                bpy.data.meshes.remove(mesh)
+        self._mesh_cache.clear()
 
     def _scene_objects(
         self, scene: dict, main: bpy.types.Object, main_material: bpy.types.Material, job: dict
@@ -349,15 +368,11 @@ class BlenderSession:
             key = hash_obj(item["material"])
             material = by_hash.get(key)
             if material is None:
-                material = materials.build_material(
-                    item["material"], self._base_dirs.get("materials")
-                )
+                material = self._material(item["material"])
                 entries.append(item["material"])
                 material.pass_index = len(entries)
                 by_hash[key] = material
             mesh = self._mesh(item["mesh"])
-            if not mesh.materials:
-                mesh.materials.append(None)
             obj = bpy.data.objects.new(f"{SCENE_OBJECT_PREFIX}{i:03d}", mesh)
             # Object-linked slot: several objects may share a cached mesh with other materials.
             obj.material_slots[0].link = "OBJECT"
@@ -554,7 +569,7 @@ class BlenderSession:
         with silenced(self.quiet):
             self._ensure_scene()
             self._clear_object()
-            material = materials.build_material(material_entry, self._base_dirs.get("materials"))
+            material = self._material(material_entry)
             material.pass_index = int(job.get("material_index", 1))
             try:
                 obj, radius = self._object(mesh_entry, material)
@@ -585,8 +600,6 @@ class BlenderSession:
                 # strength); the clamp is scaled so it acts as if the light were scaled.
                 self.scene.cycles.sample_clamp_indirect = CLAMP_INDIRECT / strength
             except (meshes.MeshBuildError, lights.LightBuildError, ValueError) as exc:
-                if material.users == 0:
-                    bpy.data.materials.remove(material)
                 raise RenderError(material_id, str(exc)) from exc
             t_engine = time.perf_counter()
             try:
@@ -660,10 +673,7 @@ class BlenderSession:
             self._clear_object()
             lights.setup_light(self.scene, {"kind": "color", "params": {"color": [0, 0, 0]}}, 0, 1)
             self._light_key = None
-            for mesh in self._mesh_cache.values():
-                if mesh.users == 0:
-                    bpy.data.meshes.remove(mesh)
-            self._mesh_cache.clear()
+            self._free_caches()
             lights.release_images()
             bpy.data.orphans_purge(do_local_ids=True, do_linked_ids=True, do_recursive=True)
         _release_heap()
@@ -677,6 +687,15 @@ class BlenderSession:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _alive(datablock: bpy.types.ID) -> bool:
+    """False once the datablock was removed (e.g. by an orphan purge outside this session)."""
+    try:
+        datablock.name  # noqa: B018 - touching a removed ID raises ReferenceError
+    except ReferenceError:
+        return False
+    return True
 
 
 def _release_heap() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 
 import numpy as np
@@ -128,10 +129,12 @@ def test_memory_stays_flat_across_shards(session, job):
     mesh_list, light_list = meshes.builtin_meshes(), lights.builtin_lights()
     job["render"].update(resolution=32, samples=2, passes=["mask"])
     rss = []
-    for i in range(4):  # within a shard, one view's material is freed by the next view
+    session.reset()
+    for i in range(4):  # within a shard, each distinct material is built once and kept
         job["material"] = families.material_entry(fams[i], i)
         session.render_view(job)
-        assert len(bpy.data.materials) == 1
+        session.render_view(job)
+        assert len(bpy.data.materials) == i + 1
     for shard in range(3):
         for i in range(8):
             k = shard * 8 + i
@@ -193,3 +196,65 @@ def test_same_job_same_bytes_in_a_fresh_process(session, job, tmp_path):
     )
     here = hashlib.sha256(session.render_view(job).image).hexdigest()
     assert out.stdout.strip().splitlines()[-1] == here  # other process, other thread count
+
+
+@pytest.mark.slow
+def test_views_after_other_materials_meshes_and_scenes_match_fresh_renders(session, job, tmp_path):
+    """Cached materials and meshes give the bytes of a session that renders the job first:
+    a material reused on another mesh, a mesh reused with another material, a scene with a
+    reused material, a material with the same ID but other parameters, a plain view after
+    the scene."""
+    import hashlib
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from render.assets import families
+
+    fabric = families.material_entry("fabric", 2)
+    cube = dict(job["mesh"], id="cube", params={"shape": "cube"}, size_m=0.25, group="cube")
+    forest = dict(job["light"], id="hdri-forest", path="bpy:studiolights/world/forest.exr")
+    first = copy.deepcopy(job)
+    second = dict(copy.deepcopy(job), material=fabric, mesh=cube, seed=11)
+    swapped = dict(copy.deepcopy(job), mesh=cube, light=forest, seed=12)  # red on the cube
+    scene = copy.deepcopy(second)
+    scene["scene"] = {
+        "location": [0.1, 0.0, 0.0],
+        "rotation_z": 15.0,
+        "scale": 0.8,
+        "objects": [
+            {
+                "material": copy.deepcopy(job["material"]),
+                "mesh": copy.deepcopy(job["mesh"]),
+                "location": [-0.3, 0.0, 0.0],
+                "rotation_z": 0.0,
+                "scale": 1.0,
+            }
+        ],
+    }
+    scene["camera"] = dict(scene["camera"], distance=1.5)
+    recoloured = copy.deepcopy(first)  # same material ID, other parameters: another material
+    recoloured["material"]["params"]["base_color"] = [0.1, 0.7, 0.2]
+    jobs = [first, second, swapped, scene, recoloured, dict(copy.deepcopy(second), seed=13), first]
+    session.reset()
+    here = [hashlib.sha256(session.render_view(j).image).hexdigest() for j in jobs]
+    (tmp_path / "jobs.json").write_text(json.dumps(jobs))
+    code = (
+        "import hashlib, json, sys\n"
+        "from render.blender.session import BlenderSession\n"
+        "for job in json.load(open(sys.argv[1])):\n"
+        "    view = BlenderSession(threads=1).render_view(job)\n"
+        "    print(hashlib.sha256(view.image).hexdigest())\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "jobs.json")],
+        cwd=Path(__file__).resolve().parents[3],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
+    fresh = out.stdout.split()[-len(jobs) :]
+    assert here == fresh
+    assert here[0] == here[-1] and len(set(here[:6])) == 6
