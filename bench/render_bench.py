@@ -1,22 +1,26 @@
 """Render throughput: the Ray pool vs the pure Cycles floor vs a fresh process per material.
 
     python bench/render_bench.py                           # 128/16 and 256/32, 6 materials x 3 views
-    python bench/render_bench.py --configs 128/16 --materials 8 --views 4
+    python bench/render_bench.py --configs 128/16 --views 3,4
     python bench/render_bench.py --memory 200              # worker RSS after 20 vs 200 renders
 
-For each resolution/samples pair it renders the same plan (mesh and light change between the
-views of a material, as in a real plan) four ways and prints:
+For each resolution/samples pair and views-per-material count it renders the same plan (mesh
+and light change between the views of a material, as in a real plan) several ways and prints:
 
 * ``pool 1x2`` / ``pool 2x1``: ``render.build.build`` through ``RenderPool`` with 1 actor x 2
   Cycles threads and 2 actors x 1 thread (actors already started; steady state);
 * ``floor``: the time Cycles itself spent in ``bpy.ops.render.render`` for those views (from
   each view's ``engine_time_s``), spread over the same cores: the best any driver can do;
-* ``naive``: one fresh Python + Blender process per material rendering its views with 2
-  threads and exiting, as most render scripts do.
+* ``naive, our scene code``: one fresh Python + Blender process per material rendering its
+  views with this project's ``BlenderSession`` (persistent render data on) and 2 threads;
+* ``naive, typical script``: the same, but with ``use_persistent_data`` off, as most render
+  scripts run: Cycles rebuilds its whole scene for every view.
 
-Numbers: images/s, core-seconds per image (wall x cores / images), and the pool's overhead
-over the floor in %. Uses ``manifests/*.jsonl`` when present, else a small built-in set of
-uniform materials, primitive meshes and the HDRIs bundled with bpy.
+Both naive rows use the same plan, catalogs and render settings as the pool (and give the
+same pixels); only how processes and Cycles' scene data are kept differs. Numbers: images/s,
+core-seconds per image (wall x cores / images), the pool's overhead over the floor in %, and
+the pool's speed-up over each naive row. Uses ``manifests/*.jsonl`` when present, else a small
+built-in set of uniform materials, primitive meshes and the HDRIs bundled with bpy.
 """
 
 from __future__ import annotations
@@ -46,10 +50,13 @@ import json, sys
 from render.blender.session import BlenderSession
 jobs = json.load(open(sys.argv[1]))
 session = BlenderSession(threads=int(sys.argv[2]))
+session.scene.render.use_persistent_data = sys.argv[4] == "persistent"
 for job in jobs:
     view = session.render_view(job)
     open(sys.argv[3] + f"/{job['key']}.{job['view']}.img", "wb").write(view.image)
 """
+NAIVE_RUNS = {"naive-ours": "persistent", "naive-typical": "fresh"}
+NAIVE_LABELS = {"naive-ours": "naive, our scene code", "naive-typical": "naive, typical script"}
 
 MEMORY_SCRIPT = """
 import json, sys
@@ -183,7 +190,8 @@ def run_pool(spec, workers: int, threads: int) -> dict:
     return {"wall": wall, "images": images, "floor": floor, "engine": engine}
 
 
-def run_naive(spec, threads: int) -> dict:
+def run_naive(spec, threads: int, data: str) -> dict:
+    """One fresh process per material; ``data`` is ``persistent`` or ``fresh`` render data."""
     plan = make_plan(spec, load_catalogs(spec))
     samples = [s for shard in plan.shards for s in shard.samples]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
@@ -193,7 +201,7 @@ def run_naive(spec, threads: int) -> dict:
             jobs = Path(tmp) / "jobs.json"
             jobs.write_text(json.dumps(sample["views"]))
             subprocess.run(
-                [sys.executable, "-c", NAIVE_SCRIPT, str(jobs), str(threads), tmp],
+                [sys.executable, "-c", NAIVE_SCRIPT, str(jobs), str(threads), tmp, data],
                 check=True,
                 env=env,
                 stdout=subprocess.DEVNULL,
@@ -226,7 +234,9 @@ def main() -> int:
     parser.add_argument("--configs", default="128/16,256/32", help="resolution/samples pairs")
     parser.add_argument("--materials", type=int, default=6)
     parser.add_argument("--shard-size", type=int, default=3, help="samples per shard (one task)")
-    parser.add_argument("--views", type=int, default=3)
+    parser.add_argument(
+        "--views", default="3", help="views per material, or a list: 3,4 (4 is the spec default)"
+    )
     parser.add_argument("--denoise", action="store_true", help="OpenImageDenoise on every view")
     parser.add_argument("--skip-naive", action="store_true")
     parser.add_argument("--repeat", type=int, default=2, help="alternating rounds; best counts")
@@ -237,6 +247,7 @@ def main() -> int:
         "--catalogs", help="folder with materials/meshes/lights.jsonl (default: manifests/)"
     )
     args = parser.parse_args()
+    view_counts = [int(v) for v in args.views.split(",")]
 
     from render.pool import ensure_ray, shutdown_ray
 
@@ -247,49 +258,12 @@ def main() -> int:
             folder = builtin_catalogs(Path(tmp) / "catalogs", max(args.materials, 200))
         print(f"catalogs {folder}; {args.materials} materials x {args.views} views; {CORES} cores")
         print(
-            f"{'config':>8} {'run':>9} {'images':>6} {'wall s':>7} {'img/s':>6} {'core-s/img':>10} {'vs floor':>9}"
+            f"{'config':>8} {'V':>2} {'run':>21} {'images':>6} {'wall s':>7} {'img/s':>6} "
+            f"{'core-s/img':>10}  note"
         )
-        for config in args.configs.split(","):
-            res, spp = (int(x) for x in config.split("/"))
-            runs: dict[str, list[dict]] = {}
-            # Rounds alternate the methods; the best round of each counts (shared machines).
-            for round_ in range(args.repeat):
-                for workers, threads in ((1, 2), (2, 1)):
-                    spec = make_spec(
-                        folder,
-                        f"{tmp}/{config.replace('/', '-')}-{workers}x{threads}-{round_}",
-                        res,
-                        spp,
-                        args.materials,
-                        args.views,
-                        args.denoise,
-                        args.shard_size,
-                    )
-                    runs.setdefault(f"{workers}x{threads}", []).append(
-                        run_pool(spec, workers, threads)
-                    )
-                if not args.skip_naive:
-                    runs.setdefault("naive", []).append(run_naive(spec, CORES))
-            best = {name: min(rs, key=lambda r: r["wall"]) for name, rs in runs.items()}
-            rows = []
-            for name in ("1x2", "2x1"):
-                r = best[name]
-                overhead = 100.0 * (r["wall"] / r["floor"] - 1.0)
-                rows.append((f"pool {name}", r["images"], r["wall"], f"{overhead:+.0f}%"))
-                rows.append((f"floor {name}", r["images"], r["floor"], ""))
-            if "naive" in best:
-                n = best["naive"]
-                ratio = ", ".join(
-                    f"{name} {n['wall'] / best[name]['wall']:.2f}x" for name in ("1x2", "2x1")
-                )
-                rows.append(("naive", n["images"], n["wall"], f"pool speed-up: {ratio}"))
-            load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-            for name, images, wall, note in rows:
-                print(
-                    f"{config:>8} {name:>9} {images:6d} {wall:7.2f} {images / wall:6.2f} "
-                    f"{wall * CORES / images:10.2f} {note:>9}"
-                )
-            print(f"{'':>8} (best of {args.repeat} alternating rounds; load average {load})")
+        for views in view_counts:
+            for config in args.configs.split(","):
+                bench_config(config, views, args, folder, tmp)
         if args.memory:
             rss = run_memory(folder, args.memory, tmp)
             first = rss[min(k for k in rss if k >= 20)]
@@ -299,6 +273,50 @@ def main() -> int:
             )
     shutdown_ray()
     return 0
+
+
+def bench_config(config: str, views: int, args: argparse.Namespace, folder: Path, tmp: str) -> None:
+    """Run every method ``args.repeat`` times in alternating rounds; print the best of each."""
+    res, spp = (int(x) for x in config.split("/"))
+    runs: dict[str, list[dict]] = {}
+    # Rounds alternate the methods; the best round of each counts (shared machines).
+    for round_ in range(args.repeat):
+        for workers, threads in ((1, 2), (2, 1)):
+            spec = make_spec(
+                folder,
+                f"{tmp}/{config.replace('/', '-')}-v{views}-{workers}x{threads}-{round_}",
+                res,
+                spp,
+                args.materials,
+                views,
+                args.denoise,
+                args.shard_size,
+            )
+            runs.setdefault(f"{workers}x{threads}", []).append(run_pool(spec, workers, threads))
+        if not args.skip_naive:
+            for name, data in NAIVE_RUNS.items():
+                runs.setdefault(name, []).append(run_naive(spec, CORES, data))
+    best = {name: min(rs, key=lambda r: r["wall"]) for name, rs in runs.items()}
+    rows = []
+    for name in ("1x2", "2x1"):
+        r = best[name]
+        overhead = 100.0 * (r["wall"] / r["floor"] - 1.0)
+        rows.append((f"pool {name}", r["images"], r["wall"], f"{overhead:+.0f}% over floor"))
+        rows.append((f"floor {name}", r["images"], r["floor"], ""))
+    for name in NAIVE_RUNS:
+        if name in best:
+            n = best[name]
+            ratio = ", ".join(
+                f"{pool} {n['wall'] / best[pool]['wall']:.2f}x" for pool in ("1x2", "2x1")
+            )
+            rows.append((NAIVE_LABELS[name], n["images"], n["wall"], f"pool speed-up: {ratio}"))
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    for name, images, wall, note in rows:
+        print(
+            f"{config:>8} {views:>2} {name:>21} {images:6d} {wall:7.2f} {images / wall:6.2f} "
+            f"{wall * CORES / images:10.2f}  {note}"
+        )
+    print(f"{'':>8} (best of {args.repeat} alternating rounds; load average {load})")
 
 
 if __name__ == "__main__":
