@@ -39,6 +39,7 @@ from phieat.schema import (
     validate_index,
 )
 from render import storage
+from render.errors import RenderError
 from render.plan import (
     SNAPSHOT_DIR,
     Plan,
@@ -102,12 +103,70 @@ def should_recycle(shards_done: int, rss_mb: float, after_shards: int, max_rss_m
     )
 
 
+class WatchedSession:
+    """A session wrapper that enforces ``[build].material_timeout_s`` and reports progress.
+
+    * ``skip``: sample key -> reason. Views of these samples fail at once with
+      ``RenderError(reason)`` and are not rendered (a material that timed out on every
+      attempt), so ``render_shard`` records the sample in the shard's failures and renders
+      the rest of the shard.
+    * ``report``: called with ``{"key", "material_id", "view", "state"}`` before
+      (``"rendering"``) and after (``"idle"``) every view, so a watcher in another process can
+      tell which material a stuck worker is on.
+    * ``limit_s``: a view that took longer fails with ``"timeout after N s"`` when it returns
+      (this process cannot interrupt Cycles; the Ray pool stops a stuck worker instead).
+
+    Everything else (``reset``, ``rss_mb``, ``blender_version``, ...) goes to the session.
+    """
+
+    def __init__(
+        self,
+        session: Session,
+        skip: dict[str, str] | None = None,
+        report: Callable[[dict], None] | None = None,
+        limit_s: float = 0.0,
+    ) -> None:
+        self.session = session
+        self.skip = dict(skip or {})
+        self.report = report
+        self.limit_s = limit_s
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "session":  # not set yet (e.g. while copying): no recursion
+            raise AttributeError(name)
+        return getattr(self.session, name)
+
+    def render_view(self, job: dict) -> Any:
+        key, material_id = job["key"], str(job["material"]["id"])
+        if key in self.skip:
+            raise RenderError(material_id, self.skip[key])
+        record = {"key": key, "material_id": material_id, "view": job.get("view")}
+        if self.report is not None:
+            self.report({**record, "state": "rendering"})
+        started = time.monotonic()
+        try:
+            view = self.session.render_view(job)
+        finally:
+            if self.report is not None:
+                self.report({**record, "state": "idle"})
+        took = time.monotonic() - started
+        if self.limit_s and took > self.limit_s:
+            raise RenderError(
+                material_id,
+                f"timeout after {self.limit_s:g} s (view {job.get('view')} took {took:.1f} s)",
+            )
+        return view
+
+
 class LocalPool:
     """Render shards one after another in this process (``--local``; debugging, tiny sets).
 
     Counts attempts like the Ray pool: an exception other than a material failure costs the
     shard one attempt and a fresh session; after ``shard_attempts`` the shard is reported
-    failed. The session is recycled after ``recycle_after_shards`` shards.
+    failed. The session is recycled after ``recycle_after_shards`` shards. A view that took
+    longer than ``material_timeout_s`` counts as a failed attempt of its material, checked
+    when the view returns: unlike the Ray pool, this process cannot stop a render that never
+    returns.
     """
 
     def __init__(
@@ -118,8 +177,10 @@ class LocalPool:
         shard_attempts: int = 3,
         recycle_after_shards: int = 0,
         max_rss_mb: float = 0.0,
+        material_timeout_s: float = 0.0,
     ) -> None:
         self.factory = session_factory
+        self.material_timeout_s = material_timeout_s
         self.threads = threads
         self.quiet = quiet
         self.shard_attempts = shard_attempts
@@ -145,7 +206,8 @@ class LocalPool:
         for shard in shards:
             for attempt in range(1, self.shard_attempts + 1):
                 try:
-                    sidecar = render_shard(self._get(), shard, version_url, max_retries=max_retries)
+                    session = WatchedSession(self._get(), limit_s=self.material_timeout_s)
+                    sidecar = render_shard(session, shard, version_url, max_retries=max_retries)
                 except Exception as exc:  # noqa: BLE001 - any crash costs one attempt
                     error = f"{type(exc).__name__}: {exc}"
                     logger.warning("%s attempt %d failed: %s", shard["name"], attempt, error)
@@ -192,6 +254,7 @@ def make_pool(
             shard_attempts=b.shard_attempts,
             recycle_after_shards=b.recycle_after_shards,
             max_rss_mb=b.max_worker_rss_mb,
+            material_timeout_s=b.material_timeout_s,
         )
     from render.pool import RenderPool
 
@@ -204,6 +267,7 @@ def make_pool(
         recycle_after_shards=b.recycle_after_shards,
         max_worker_rss_mb=b.max_worker_rss_mb,
         shard_timeout_s=b.shard_timeout_s,
+        material_timeout_s=b.material_timeout_s,
         quiet=not verbose,
         address=address,
     )

@@ -134,6 +134,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         threads_per_worker=args.threads_per_worker,
         gpus_per_worker=args.gpus_per_worker,
         max_failure_fraction=args.max_failure_fraction,
+        material_timeout_s=args.material_timeout_s,
     )
     result = build(
         spec,
@@ -226,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
         "  phieat-render build manifests/tiny.toml --local          # no Ray, one process\n"
         "  phieat-render build manifests/demo.toml --threads-per-worker 2\n"
         "  phieat-render build manifests/full.toml --address auto --output s3://bucket/full\n"
+        "  phieat-render build manifests/full.toml --material-timeout-s 600\n"
         "  phieat-render build manifests/tiny.toml --set render.samples=4 --set dataset.views=3",
         formatter_class=_Formatter,
     )
@@ -247,6 +249,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-failure-fraction",
         type=float,
         help="fail the build above this share of failed samples",
+    )
+    p.add_argument(
+        "--material-timeout-s",
+        type=float,
+        metavar="SECONDS",
+        help="limit for one view of a material (default [build].material_timeout_s; 0 = off). "
+        "The Ray pool stops a worker stuck past it, retries the material "
+        "[build].max_retries times, then records it in failures.jsonl ('timeout after N s') and "
+        "publishes its shard without it. --local checks the limit only when a view returns: "
+        "it cannot stop a render that never returns",
     )
     p.add_argument(
         "--force-unlock", action="store_true", help="take over the lock of a build that died"

@@ -13,6 +13,14 @@ segfault) or a shard exceeds ``shard_timeout_s``, its shard is re-queued on a fr
 until ``shard_attempts`` is spent; only that shard is lost. Actors are recycled after
 ``recycle_after_shards`` shards or when their resident memory passes ``max_worker_rss_mb``.
 
+With ``material_timeout_s``, every actor posts which view it is rendering to a small
+progress actor; the driver reads it each poll and stops an actor whose view has run longer
+than the limit (measured from when the driver first saw that view, so never early). The
+shard goes back to the front of the queue: the material is tried ``max_retries`` more times,
+then the shard is rendered without it and the material lands in the shard's failures
+(``timeout after N s``). These re-queues do not count against ``shard_attempts``: a stuck
+material costs its own sample, not the shard.
+
 GPU actors try OptiX, then CUDA, on the GPU Ray assigned them. Cycles compiles its GPU
 kernels on first use (minutes on some cards): every actor warms up under a per-node file
 lock with a persistent kernel cache, so a node compiles once and the rest of its actors hit
@@ -42,6 +50,7 @@ from render import storage
 from render.build import (
     SessionFactory,
     ShardOutcome,
+    WatchedSession,
     blender_session_factory,
     should_recycle,
 )
@@ -50,6 +59,9 @@ from render.writer import Session, render_shard
 logger = logging.getLogger("phieat.render")
 
 GPU_DEVICES = ("OPTIX", "CUDA")
+# Shard-dict key (driver -> actor): sample key -> reason, for materials that timed out on
+# every attempt; the actor fails their views at once and renders the rest of the shard.
+TIMED_OUT = "timed_out"
 # Persistent per-node folder for compiled Cycles GPU kernels (a mounted volume on clusters).
 DEFAULT_KERNEL_CACHE = Path(
     os.environ.get("PHIEAT_KERNEL_CACHE", Path.home() / ".cache" / "phieat" / "cycles-kernels")
@@ -130,17 +142,43 @@ def warm_kernels(
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+class _ProgressBoard:
+    """The latest progress record of every actor (by its serial), read by the driver."""
+
+    def __init__(self) -> None:
+        self.records: dict[int, dict] = {}
+
+    def report(self, serial: int, record: dict) -> None:
+        self.records[serial] = record
+
+    def read(self) -> dict[int, dict]:
+        return self.records
+
+
+ProgressBoard = ray.remote(num_cpus=0, max_restarts=0)(_ProgressBoard)
+
+
 class _Worker:
     """The actor body: one Blender session for the actor's whole life."""
 
     def __init__(
-        self, factory: SessionFactory, threads: int, gpus: float, quiet: bool, kernel_cache: str
+        self,
+        factory: SessionFactory,
+        threads: int,
+        gpus: float,
+        quiet: bool,
+        kernel_cache: str,
+        board: Any = None,
+        serial: int = 0,
     ) -> None:
         if gpus:
             os.environ.update(kernel_cache_env(kernel_cache))
         self.kernel_cache = kernel_cache
         self.session, self.device = open_session(factory, threads, gpus, quiet)
         self.shards = 0
+        self.board = board
+        self.serial = serial
+        self.reports = 0
 
     def info(self) -> dict[str, Any]:
         return {
@@ -167,7 +205,18 @@ class _Worker:
         }
 
     def render(self, shard: dict, version_url: str, max_retries: int) -> dict[str, Any]:
-        sidecar = render_shard(self.session, shard, version_url, max_retries=max_retries)
+        report = None
+        if self.board is not None:
+
+            def report(record: dict) -> None:
+                # Fire and forget: calls from one actor reach the board in order.
+                self.reports += 1
+                self.board.report.remote(
+                    self.serial, {**record, "shard": shard["name"], "seq": self.reports}
+                )
+
+        session = WatchedSession(self.session, skip=shard.get(TIMED_OUT), report=report)
+        sidecar = render_shard(session, shard, version_url, max_retries=max_retries)
         self.shards += 1
         return {"sidecar": sidecar, "rss_mb": self.session.rss_mb()}
 
@@ -229,6 +278,7 @@ class RenderPool:
         recycle_after_shards: int = 50,
         max_worker_rss_mb: float = 0.0,
         shard_timeout_s: float = 0.0,
+        material_timeout_s: float = 0.0,
         quiet: bool = True,
         address: str | None = None,
         kernel_cache: str | Path = DEFAULT_KERNEL_CACHE,
@@ -242,6 +292,7 @@ class RenderPool:
         self.recycle_after_shards = recycle_after_shards
         self.max_rss_mb = max_worker_rss_mb
         self.shard_timeout_s = shard_timeout_s
+        self.material_timeout_s = material_timeout_s
         self.quiet = quiet
         self.kernel_cache = str(kernel_cache)
         self.poll_s = poll_s
@@ -277,6 +328,9 @@ class RenderPool:
                 total.get("CPU", 0),
             )
         self._serial = 0
+        self._board = ProgressBoard.remote() if material_timeout_s else None
+        # Actor serial -> (progress record seq, driver time it was first seen).
+        self._seen: dict[int, tuple[int, float]] = {}
         self._slots: list[_Slot] = [self._new_slot() for _ in range(workers)]
         self._in_flight: dict[Any, tuple[_Slot, dict, float]] = {}
         self.crashes = 0
@@ -292,11 +346,20 @@ class RenderPool:
             num_cpus=self.threads,
             num_gpus=self.gpus,
             name=None,
-        ).remote(self.factory, self.threads, self.gpus, self.quiet, self.kernel_cache)
+        ).remote(
+            self.factory,
+            self.threads,
+            self.gpus,
+            self.quiet,
+            self.kernel_cache,
+            self._board,
+            self._serial,
+        )
         return _Slot(actor, actor.info.remote(), self._serial)
 
     def _retire(self, slot: _Slot, replace: bool = True) -> None:
         ray.kill(slot.actor, no_restart=True)
+        self._seen.pop(slot.serial, None)
         if slot in self._slots:
             i = self._slots.index(slot)
             if replace:
@@ -336,6 +399,7 @@ class RenderPool:
         """Render ``shards``; yields one outcome per shard as shards finish."""
         queue = deque(shards)
         attempts: dict[str, int] = {}
+        timeouts: dict[tuple[str, str], int] = {}
         first_job = shards[0]["samples"][0]["views"][0] if shards and shards[0]["samples"] else None
         try:
             while queue or self._in_flight:
@@ -359,6 +423,8 @@ class RenderPool:
                     yield from self._collect(ref, queue, attempts)
                 if self.shard_timeout_s:
                     yield from self._expire(queue, attempts)
+                if self.material_timeout_s:
+                    self._expire_materials(queue, timeouts, max_retries)
         finally:
             # Abandoned (driver interrupted): stop the actors, and wait until they are gone so
             # no shard is published behind the back of a build that starts next.
@@ -450,7 +516,61 @@ class RenderPool:
                 error = f"timeout after {self.shard_timeout_s:.0f} s"
                 yield from self._failed(shard, error, queue, attempts, slot)
 
+    def _expire_materials(
+        self, queue: deque, timeouts: dict[tuple[str, str], int], max_retries: int
+    ) -> None:
+        """Stop actors stuck on one view longer than ``material_timeout_s``; re-queue their
+        shards, leaving out a material once it has timed out ``max_retries + 1`` times."""
+        try:
+            progress = ray.get(self._board.read.remote(), timeout=60)
+        except ray.exceptions.RayError as exc:  # a lost board must not stop the build
+            logger.warning("cannot read worker progress (%s): re-creating it", exc)
+            self._board = ProgressBoard.remote()
+            return
+        now = time.monotonic()
+        limit = self.material_timeout_s
+        for ref, (slot, shard, _) in list(self._in_flight.items()):
+            record = progress.get(slot.serial)
+            if record is None or record.get("shard") != shard["name"]:
+                continue
+            seen = self._seen.get(slot.serial)
+            if seen is None or seen[0] != record["seq"]:
+                self._seen[slot.serial] = (record["seq"], now)
+                continue
+            if record["state"] != "rendering" or now - seen[1] <= limit:
+                continue
+            del self._in_flight[ref]
+            self._retire(slot)
+            key = record["key"]
+            count = timeouts[(shard["name"], key)] = timeouts.get((shard["name"], key), 0) + 1
+            if count > max_retries:
+                reason = f"timeout after {limit:g} s (view {record['view']}; {count} attempts)"
+                shard = {**shard, TIMED_OUT: {**shard.get(TIMED_OUT, {}), key: reason}}
+                logger.warning(
+                    "%s: %s exceeded %g s %d times: rendering the shard without it",
+                    shard["name"],
+                    key,
+                    limit,
+                    count,
+                )
+            else:
+                logger.warning(
+                    "%s: %s exceeded %g s on view %s (worker %d stopped): re-queueing the "
+                    "shard, material attempt %d of %d",
+                    shard["name"],
+                    key,
+                    limit,
+                    record["view"],
+                    slot.serial,
+                    count,
+                    max_retries + 1,
+                )
+            queue.appendleft(shard)
+
     def close(self) -> None:
         for slot in list(self._slots):
             ray.kill(slot.actor, no_restart=True)
         self._slots.clear()
+        if self._board is not None:
+            ray.kill(self._board, no_restart=True)
+            self._board = None

@@ -122,7 +122,14 @@ class ScenesSection:
 
 @dataclass(frozen=True)
 class BuildSection:
-    """How a build runs. None of these change the pixels, so they are not in the version hash."""
+    """How a build runs. None of these change the pixels, so they are not in the version hash.
+
+    ``material_timeout_s`` (0 = off) bounds one view of one material: the Ray pool stops the
+    worker rendering it, retries the material ``max_retries`` times, then records it in
+    ``failures.jsonl`` ("timeout after N s") and renders the rest of its shard without it.
+    ``--local`` builds check the limit when a view returns (a render that never returns
+    blocks them). ``shard_timeout_s`` bounds a whole shard task (Ray pool only).
+    """
 
     workers: int = 0
     threads_per_worker: int = 1
@@ -133,6 +140,7 @@ class BuildSection:
     recycle_after_shards: int = 50
     max_worker_rss_mb: float = 6000.0
     shard_timeout_s: float = 0.0
+    material_timeout_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -398,6 +406,11 @@ def _check(spec: Spec, where: str) -> None:
     need(0 <= b.max_failure_fraction <= 1, "[build].max_failure_fraction", "must be within 0..1")
     need(b.recycle_after_shards >= 0, "[build].recycle_after_shards", "must be >= 0 (0 = never)")
     need(b.shard_timeout_s >= 0, "[build].shard_timeout_s", "must be >= 0 (0 = no timeout)")
+    need(
+        b.material_timeout_s >= 0,
+        "[build].material_timeout_s",
+        "must be >= 0 seconds per view of a material (0 = no timeout)",
+    )
 
 
 def replace_build(spec: Spec, **changes: Any) -> Spec:

@@ -3,7 +3,8 @@
 ``FakeSession`` has the ``BlenderSession`` interface and returns tiny encoded images whose
 colour depends on the material and view, so tests can check what ended up where without
 Blender. Material params steer failures: ``{"fail": 1}`` raises ``MaterialError`` on every
-attempt, ``{"fail_once": 1}`` only on the first, ``{"crash": 1}`` raises a non-material error.
+attempt, ``{"fail_once": 1}`` only on the first, ``{"crash": 1}`` raises a non-material error,
+``{"sleep_s": 30}`` makes every view of the material take that long (a stuck render).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,6 +61,8 @@ class FakeSession:
             raise MaterialError(mid, "transient failure")
         if params.get("crash"):
             raise RuntimeError("simulated Blender crash")
+        if params.get("sleep_s"):
+            time.sleep(float(params["sleep_s"]))
         res = job["render"]["resolution"]
         shade = hashlib.sha256(f"{mid}/{job['view']}".encode()).digest()[:3]
         rgb = np.empty((res, res, 3), np.uint8)

@@ -171,3 +171,17 @@ def test_progress_bar_counts_images_shards_and_failures(make_spec, catalog_dir, 
     err = capsys.readouterr().err
     assert "14/14" in err and "img/s" in err and "shards 4/4 failures 1" in err
     assert "1 failed materials/samples" in result.summary() and "bad-tex__g0000" in result.summary()
+
+
+def test_local_pool_fails_a_material_whose_views_exceed_the_timeout(make_spec, catalog_dir):
+    slow = pool_fakes.material("slow-mat", sleep_s=0.4)
+    pool_fakes.write_catalogs(catalog_dir, extra_materials=[slow])
+    spec = make_spec(build={"material_timeout_s": 0.2, "max_retries": 1})
+    result = _build(spec)
+    assert result.exit_code == 0 and result.complete, result.summary()
+    (failure,) = result.failures
+    assert failure["material_id"] == "slow-mat" and failure["attempts"] == 2
+    assert "timeout after 0.2 s" in failure["reason"]
+    index = storage.read_json(result.index_url)
+    assert sorted(_keys(result.version_url, index)) == [f"mat-{i:03d}__g0000" for i in range(6)]
+    assert verify_dataset(result.version_url).ok

@@ -6,6 +6,7 @@ importing bpy in an actor cost seconds, and long-lived actors are what the pool 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -23,17 +24,22 @@ pytestmark = [pytest.mark.blender, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def pool():
+def ray_session():
     # Actors import the test helpers (fake sessions) too: they inherit this environment.
     here = os.path.dirname(os.path.abspath(__file__))
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")]))
-    # 4 logical CPUs (CI has 2 cores) so the fake-GPU pool's actors fit beside the idle shared
-    # pool's, and one declared GPU for the (fake) GPU path.
+    # 4 logical CPUs (CI has 2 cores) so a fake-session pool's actors fit beside the idle
+    # shared pool's, and one declared GPU for the (fake) GPU path.
     ensure_ray(num_cpus=4, num_gpus=1)
+    yield
+    shutdown_ray()
+
+
+@pytest.fixture(scope="module")
+def pool(ray_session):
     pool = RenderPool(workers=2, threads_per_worker=1, recycle_after_shards=0, poll_s=0.1)
     yield pool
     pool.close()
-    shutdown_ray()
 
 
 @pytest.fixture
@@ -151,7 +157,55 @@ def test_corrupt_material_is_recorded_and_the_rest_completes(pool, ray_spec, tmp
     assert verify_dataset(result.version_url).ok
 
 
-def test_gpu_workers_fall_back_to_cuda_and_compile_kernels_once(ray_spec, tmp_path, caplog):
+def test_stuck_material_times_out_and_the_rest_of_its_shard_lands(ray_session, ray_spec, tmp_path):
+    """A view that never finishes: the driver stops its actor, retries the material once
+    (max_retries = 1), then renders the shard without it and records the timeout."""
+    spec = ray_spec(
+        n_materials=5,
+        dataset={"shard_size": 3},
+        build={"material_timeout_s": 1.0, "max_retries": 1, "max_failure_fraction": 0.5},
+    )
+    stuck = pool_fakes.material("stuck-mat", sleep_s=120)
+    pool_fakes.write_catalogs(tmp_path / "catalogs", n_materials=5, extra_materials=[stuck])
+    timeout_pool = RenderPool(
+        session_factory=pool_fakes.fake_factory,
+        workers=2,
+        recycle_after_shards=0,
+        material_timeout_s=spec.build.material_timeout_s,
+        # Backstop: if the material timeout failed to act, the stuck shard fails in 30 s.
+        shard_timeout_s=30,
+        shard_attempts=1,
+        poll_s=0.1,
+    )
+    attempts: dict[str, int] = {}
+    try:
+        result = build(
+            spec,
+            pool=timeout_pool,
+            progress=False,
+            on_shard=lambda o: attempts.__setitem__(o.name, o.attempts),
+        )
+    finally:
+        timeout_pool.close()
+    assert result.exit_code == 0 and result.complete, result.summary()
+    assert set(attempts.values()) == {1}  # a timed-out material does not cost shard attempts
+    failures = [
+        json.loads(line)
+        for line in storage.read_bytes(storage.join(result.version_url, "failures.jsonl"))
+        .decode()
+        .splitlines()
+    ]
+    assert [(f["material_id"], f["attempts"]) for f in failures] == [("stuck-mat", 2)]
+    assert "timeout after 1 s" in failures[0]["reason"]
+    keys = Counter(_all_keys(result))
+    assert sorted(keys) == [f"mat-{i:03d}__g0000" for i in range(5)]
+    assert set(keys.values()) == {1}
+    assert verify_dataset(result.version_url).ok
+
+
+def test_gpu_workers_fall_back_to_cuda_and_compile_kernels_once(
+    ray_session, ray_spec, tmp_path, caplog
+):
     """GPU scheduling with fake sessions: the bpy wheel cannot drive GPUs on CI machines."""
     spec = ray_spec(n_materials=4, dataset={"shard_size": 1})
     gpu_pool = RenderPool(

@@ -38,6 +38,9 @@ def test_defaults_and_catalog_paths_resolve_beside_the_spec(tmp_path):
         ('[render]\npasses = ["depth"]\n', "[render].passes"),
         ("[camera]\ndistance = [3.0, 2.0]\n", "[camera].distance"),
         ('[catalogs]\nsplit = "training"\n', "[catalogs].split"),
+        ("[build]\nmaterial_timeout_s = -1\n", "[build].material_timeout_s must be >= 0"),
+        ('[build]\nmaterial_timeout_s = "1m"\n', "[build].material_timeout_s must be a number"),
+        ("[build]\nmaterial_timeout = 60\n", "did you mean 'material_timeout_s'?"),
     ],
 )
 def test_bad_keys_and_values_name_the_key(tmp_path, extra, needle):
