@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import socket
 import time
@@ -24,6 +25,11 @@ from typing import Any
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
+
+logger = logging.getLogger("phieat.render")
+
+# Object stores: how long a new lock waits before reading itself back (see ``lock``).
+LOCK_SETTLE_S = 2.0
 
 
 class StorageError(RuntimeError):
@@ -190,32 +196,83 @@ def _create_exclusive(path: str) -> int | None:
         return None
 
 
+def _create_remote(fs: fsspec.AbstractFileSystem, path: str, body: bytes) -> bool:
+    """Write ``body`` at ``path`` unless something is there; ``False`` if it was.
+
+    ``pipe_file(mode="create")`` is fsspec's exclusive create: a conditional write
+    (``If-None-Match: *``) on stores whose fsspec backend supports it (recent s3fs), an
+    exclusive open in ``memory://``, and check-then-write elsewhere, which the caller's
+    read-back guards. A backend without the ``mode`` argument gets check-then-write too.
+    """
+    try:
+        fs.pipe_file(path, body, mode="create")
+    except FileExistsError:
+        return False
+    except (TypeError, NotImplementedError):
+        if fs.exists(path):
+            return False
+        fs.pipe_file(path, body)
+    return True
+
+
+def _read_lock(url: str) -> dict[str, Any]:
+    try:
+        held = json.loads(read_bytes(url))
+    except (StorageError, json.JSONDecodeError):
+        return {}
+    return held if isinstance(held, dict) else {}
+
+
+def lock_settle_s(url: str) -> float:
+    """How long a new lock on ``url`` waits before reading itself back: 0 for local files
+    (``O_EXCL`` is atomic), a moment for ``memory://`` (threads of one process), and
+    ``LOCK_SETTLE_S`` for object stores (longer than a rival's check-to-write window)."""
+    fs, _ = url_to_fs(url)
+    if isinstance(fs, LocalFileSystem):
+        return 0.0
+    return 0.05 if is_process_local(url) else LOCK_SETTLE_S
+
+
 @contextlib.contextmanager
-def lock(url: str, force: bool = False) -> Iterator[dict[str, Any]]:
+def lock(url: str, force: bool = False, settle_s: float | None = None) -> Iterator[dict[str, Any]]:
     """Hold ``url`` (a lock file) while the block runs; raises ``LockedError`` if taken.
 
-    Local files are created with ``O_EXCL``. Object stores have no exclusive create, so there
-    the lock is check-then-write: good against a second build started by mistake, not against
-    a race within the same second. A lock left by a dead process on this host is taken over.
+    The lock file holds this process's host, pid and a unique token. Local files are
+    created with ``O_EXCL``. Elsewhere the file is created with fsspec's exclusive create
+    (atomic where the store supports conditional writes), then, after ``settle_s`` seconds
+    (default ``lock_settle_s(url)``), read back: if a rival's token is there, both raced
+    through a non-atomic create and the later writer keeps the lock. A lock left by a dead
+    process on this host is taken over; ``force`` takes over any lock. On exit the file is
+    removed only if it still holds this token.
     """
-    info = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}
+    token = uuid.uuid4().hex
+    info = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.time(), "token": token}
     body = json.dumps(info).encode("utf-8")
     fs, path = url_to_fs(url)
+    local = isinstance(fs, LocalFileSystem)
+    settle = lock_settle_s(url) if settle_s is None else settle_s
     for _ in range(2):
-        if isinstance(fs, LocalFileSystem):
+        if local:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             fd = _create_exclusive(path)
+            created = fd is not None
             if fd is not None:
                 with os.fdopen(fd, "wb") as fh:
                     fh.write(body)
-                break
-        elif not fs.exists(path):
-            write_bytes(url, body)
+        else:
+            created = _create_remote(fs, path, body)
+        if created:
+            if settle:
+                time.sleep(settle)
+                held = _read_lock(url)
+                if held.get("token") != token:
+                    raise LockedError(
+                        f"{url} was taken at the same moment by pid {held.get('pid')} on "
+                        f"{held.get('host')}: another build of this dataset started too. Let it "
+                        "finish, or stop it and run this one again."
+                    )
             break
-        try:
-            held = json.loads(read_bytes(url))
-        except (StorageError, json.JSONDecodeError):
-            held = {}
+        held = _read_lock(url)
         if force or _lock_is_stale(held):
             remove(url)
             continue
@@ -229,4 +286,12 @@ def lock(url: str, force: bool = False) -> Iterator[dict[str, Any]]:
     try:
         yield info
     finally:
-        remove(url)
+        held = _read_lock(url)
+        if held.get("token") == token:
+            remove(url)
+        else:
+            logger.warning(
+                "%s no longer holds this build's token (taken over with --force-unlock?): "
+                "left in place",
+                url,
+            )

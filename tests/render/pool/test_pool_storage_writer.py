@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import os
 import tarfile
+import threading
+import time
 
+import fsspec
 import pool_fakes
 import pytest
+from fsspec.implementations.memory import MemoryFileSystem
 
 from render import storage
 from render.plan import load_catalogs, make_plan
@@ -32,8 +36,34 @@ def test_atomic_write_read_and_list(tmp_path, root):
     assert storage.is_process_local(base) == (root == "memory")
 
 
-def test_lock_is_exclusive_and_released(tmp_path):
-    url = str(tmp_path / "v" / "build.lock")
+class RacyMemoryFS(MemoryFileSystem):
+    """An object store without exclusive create: fsspec's generic check-then-write, with a
+    gap between the check and the write, so builds starting together all pass the check."""
+
+    protocol = "racymem"
+
+    @classmethod
+    def _strip_protocol(cls, path):
+        return super()._strip_protocol(str(path).removeprefix("racymem://"))
+
+    def pipe_file(self, path, value, mode="overwrite", **kwargs):
+        if mode == "create" and self.exists(path):
+            raise FileExistsError(path)
+        time.sleep(0.05)
+        return super().pipe_file(path, value, **kwargs)
+
+
+fsspec.register_implementation("racymem", RacyMemoryFS, clobber=True)
+LOCK_URLS = {
+    "local": lambda tmp: str(tmp / "v" / "build.lock"),
+    "memory": lambda tmp: f"memory://lock-test/{tmp.name}/build.lock",
+    "racy": lambda tmp: f"racymem://lock-test/{tmp.name}/build.lock",
+}
+
+
+@pytest.mark.parametrize("where", ["local", "memory"])
+def test_lock_is_exclusive_and_released(tmp_path, where):
+    url = LOCK_URLS[where](tmp_path)
     with storage.lock(url) as held:
         assert storage.read_json(url)["pid"] == held["pid"] == os.getpid()
         with pytest.raises(storage.LockedError, match="--force-unlock"), storage.lock(url):
@@ -43,6 +73,44 @@ def test_lock_is_exclusive_and_released(tmp_path):
         assert again["pid"] == os.getpid()
     with storage.lock(url), storage.lock(url, force=True) as forced:
         assert forced["pid"] == os.getpid()  # --force-unlock takes over a held lock
+
+
+@pytest.mark.parametrize("where", sorted(LOCK_URLS))
+def test_builds_racing_for_a_lock_get_exactly_one(tmp_path, where):
+    url = LOCK_URLS[where](tmp_path)
+    takers = 6
+    barrier = threading.Barrier(takers)
+    outcomes: list[tuple] = []
+
+    def take() -> None:
+        barrier.wait()
+        try:
+            with storage.lock(url, settle_s=0.3) as info:
+                outcomes.append(("held", info["token"], storage.read_json(url)["token"]))
+                time.sleep(0.5)  # hold it while the others read back and give up
+        except storage.LockedError as exc:
+            outcomes.append(("refused", str(exc)))
+
+    threads = [threading.Thread(target=take) for _ in range(takers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    held = [o for o in outcomes if o[0] == "held"]
+    assert len(held) == 1, outcomes
+    assert held[0][1] == held[0][2]  # the file held the winner's token while it ran
+    assert len(outcomes) == takers and not storage.exists(url)
+
+
+@pytest.mark.parametrize("where", ["local", "memory"])
+def test_a_lock_taken_over_meanwhile_is_left_to_its_new_holder(tmp_path, where):
+    url = LOCK_URLS[where](tmp_path)
+    with storage.lock(url) as info:
+        assert storage.read_json(url)["token"] == info["token"]
+        # Another build took it over (--force-unlock) while this one ran.
+        storage.write_json(url, {"host": "elsewhere", "pid": 1, "since": 0, "token": "theirs"})
+    assert storage.read_json(url)["token"] == "theirs"
+    storage.remove(url)
 
 
 def test_stale_lock_of_dead_process_is_taken_over(tmp_path):
