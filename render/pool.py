@@ -155,7 +155,8 @@ class _ProgressBoard:
         return self.records
 
 
-ProgressBoard = ray.remote(num_cpus=0, max_restarts=0)(_ProgressBoard)
+# Restarted (empty) if its node dies; the actors' handles stay valid across restarts.
+ProgressBoard = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(_ProgressBoard)
 
 
 class _Worker:
@@ -523,9 +524,8 @@ class RenderPool:
         shards, leaving out a material once it has timed out ``max_retries + 1`` times."""
         try:
             progress = ray.get(self._board.read.remote(), timeout=60)
-        except ray.exceptions.RayError as exc:  # a lost board must not stop the build
-            logger.warning("cannot read worker progress (%s): re-creating it", exc)
-            self._board = ProgressBoard.remote()
+        except ray.exceptions.RayError as exc:  # a restarting board must not stop the build
+            logger.warning("cannot read worker progress (%s): trying again", exc)
             return
         now = time.monotonic()
         limit = self.material_timeout_s
