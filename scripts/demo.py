@@ -14,10 +14,11 @@ Stages (outputs under ``--out``):
    ``<out>/tiny-preview.png``), then ``manifests/loop-train.toml`` (150 training-split materials x 4
    views), ``loop-val.toml`` (30 val-split materials) and ``eval-tiny.toml`` (50 test-split
    materials on test-split meshes and lights, with object and material-index masks).
-2. ``phieat-train --config tiny-cpu`` twice on the same shards and budget: physical
-   augmentation (two views = two renders of a material on other meshes and lights) and the
-   photometric baseline (two views = two augmentations of one render).
-3. ``phieat-eval run`` of both beside the pixel-statistics and random-init baselines; the
+2. ``phieat-train --config tiny-cpu`` three times on the same shards and budget: physical
+   augmentation (two views = two renders of a material on other meshes and lights), the
+   photometric baseline (two views = two augmentations of one render) and the ablation
+   physical without L_contrast (``--models`` picks a subset).
+3. ``phieat-eval run`` of all of them beside the pixel-statistics and random-init baselines; the
    report is ``<out>/demo/eval/report.md``.
 """
 
@@ -84,13 +85,23 @@ def stage_render(out: Path, quick: bool) -> dict[str, Path]:
     return dirs
 
 
-def stage_train(out: Path, data: Path, seeds: list[int], steps: int | None) -> dict[str, Path]:
+# The models the demo trains, all on the same shards, crops, steps and seed: physical
+# augmentation, the photometric baseline, and the ablation physical without L_contrast (what
+# the physical views give without material labels). name -> trainer overrides.
+MODELS = {
+    "physical": ["data.physical_augmentation=true"],
+    "photometric": ["data.physical_augmentation=false"],
+    "physical-nocontrast": ["data.physical_augmentation=true", "loss.contrast_weight=0"],
+}
+
+
+def stage_train(
+    out: Path, data: Path, seeds: list[int], steps: int | None, models: list[str]
+) -> dict[str, Path]:
     runs = {}
-    for physical in (True, False):
+    for model in models:
         for seed in seeds:
-            name = ("physical" if physical else "photometric") + (
-                f"-s{seed}" if len(seeds) > 1 else ""
-            )
+            name = model + (f"-s{seed}" if len(seeds) > 1 else "")
             out_dir = out / "demo" / "train" / name
             cmd = [
                 sys.executable,
@@ -101,8 +112,8 @@ def stage_train(out: Path, data: Path, seeds: list[int], steps: int | None) -> d
                 f"data.urls={data}",
                 f"out_dir={out_dir}",
                 f"seed={seed}",
-                f"data.physical_augmentation={'true' if physical else 'false'}",
-                # Same steps for both models, however busy the machine: no wall-clock cap.
+                *MODELS[model],
+                # Same steps for every model, however busy the machine: no wall-clock cap.
                 "max_minutes=0",
             ]
             if steps:
@@ -162,6 +173,14 @@ def main(argv: list[str] | None = None) -> int:
         "--seeds", type=int, nargs="+", default=[0], help="training seeds per model (default: 0)"
     )
     parser.add_argument("--steps", type=int, default=None, help="override optim.steps")
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        choices=list(MODELS),
+        default=list(MODELS),
+        help="models to train (default: all three; the ablation physical-nocontrast can be "
+        "dropped to save a third of the training time)",
+    )
     args = parser.parse_args(argv)
     out = Path(args.out).resolve()
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
@@ -174,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nshards: {data['tiny']}\npreview: {out / 'tiny-preview.png'}")
         return 0
     start = time.perf_counter()
-    runs = stage_train(out, data["train"], args.seeds, args.steps)
+    runs = stage_train(out, data["train"], args.seeds, args.steps, args.models)
     times["train"] = time.perf_counter() - start
     start = time.perf_counter()
     eval_dir = stage_eval(out, data, runs)

@@ -215,33 +215,57 @@ def seed_table(models: dict[str, dict]) -> str:
     return head + "\n" + "\n".join(rows)
 
 
+def _contrast_on(m: dict) -> bool | None:
+    """Whether a trained model used L_contrast (``loss.contrast_weight`` > 0), if recorded."""
+    weight = ((m.get("model", {}).get("config") or {}).get("loss") or {}).get("contrast_weight")
+    return None if weight is None else float(weight) > 0
+
+
+def _gap_line(
+    a_name: str, a: np.ndarray, a_kind: str, b_name: str, b: np.ndarray, b_kind: str
+) -> str:
+    gap = a.mean() - b.mean()
+    line = (
+        f"- **{a_name}** ({a_kind}, {a.size} seed(s)) vs **{b_name}** ({b_kind}, {b.size}): "
+        f"mean R@1 {a.mean():.3f} vs {b.mean():.3f}, difference {gap:+.3f}"
+    )
+    if a.size > 1 and b.size > 1:
+        spread = max(np.ptp(a), np.ptp(b))
+        verdict = "larger" if abs(gap) > spread else "not larger"
+        return line + f"; seed-to-seed spread {spread:.3f}: the difference is {verdict}."
+    return line + "; one seed on a side, so no seed-to-seed spread to compare against."
+
+
 def comparison_lines(models: dict[str, dict]) -> list[str]:
     """Each physically augmented group against each photometric group (by the
-    ``physical_augmentation`` flag their checkpoints carry): the difference of mean R@1,
-    and whether it exceeds the seed-to-seed spread (max - min within either group)."""
+    ``physical_augmentation`` flag their checkpoints carry), then each physical group with
+    L_contrast against each physical group trained without it (``loss.contrast_weight`` 0
+    in the recorded config): the difference of mean R@1, and whether it exceeds the
+    seed-to-seed spread (max - min within either group)."""
     kinds: dict[bool, dict[str, np.ndarray]] = {True: {}, False: {}}
+    contrast: dict[bool, dict[str, np.ndarray]] = {True: {}, False: {}}
     for group, names in seed_groups(models).items():
         flags = {models[n].get("model", {}).get("physical_augmentation") for n in names}
         vals = [_r1(models[n]) for n in names]
         if len(flags) != 1 or None in flags or None in vals:
             continue
-        kinds[flags.pop()][group] = np.array(vals, float)
-    lines = []
-    for phys_name, phys in kinds[True].items():
-        for photo_name, photo in kinds[False].items():
-            gap = phys.mean() - photo.mean()
-            line = (
-                f"- **{phys_name}** (physical, {phys.size} seed(s)) vs **{photo_name}** "
-                f"(photometric, {photo.size}): mean R@1 {phys.mean():.3f} vs "
-                f"{photo.mean():.3f}, difference {gap:+.3f}"
-            )
-            if phys.size > 1 and photo.size > 1:
-                spread = max(np.ptp(phys), np.ptp(photo))
-                verdict = "larger" if abs(gap) > spread else "not larger"
-                line += f"; seed-to-seed spread {spread:.3f}: the difference is {verdict}."
-            else:
-                line += "; one seed on a side, so no seed-to-seed spread to compare against."
-            lines.append(line)
+        physical = flags.pop()
+        kinds[physical][group] = np.array(vals, float)
+        uses = {_contrast_on(models[n]) for n in names}
+        if physical and len(uses) == 1 and None not in uses:
+            contrast[uses.pop()][group] = kinds[physical][group]
+    lines = [
+        _gap_line(p_name, phys, "physical", q_name, photo, "photometric")
+        for p_name, phys in kinds[True].items()
+        for q_name, photo in kinds[False].items()
+    ]
+    lines += [
+        _gap_line(
+            c_name, with_c, "physical + L_contrast", n_name, without, "physical, no L_contrast"
+        )
+        for c_name, with_c in contrast[True].items()
+        for n_name, without in contrast[False].items()
+    ]
     return lines
 
 
@@ -293,7 +317,7 @@ def write_report(out_dir: str | Path) -> Path:
     ]
     comp = comparison_lines(models)
     if comp:
-        lines += ["## Physical vs photometric", "", *comp, ""]
+        lines += ["## Physical vs photometric, and what L_contrast adds", "", *comp, ""]
     seeds = seed_table(models)
     if seeds:
         lines += ["## Seeds", "", "Mean ± half the spread (max - min) over seeds.", "", seeds, ""]

@@ -48,9 +48,10 @@ def test_heat_colours_and_ticks():
     assert F._nice_ticks(1.0, 9.4) == [2, 4, 6, 8]
 
 
-def _m(r1, phys):
+def _m(r1, phys, contrast=None):
+    config = None if contrast is None else {"loss": {"contrast_weight": contrast}}
     return {
-        "model": {"physical_augmentation": phys},
+        "model": {"physical_augmentation": phys, "config": config},
         "retrieval": {"recall@1": r1, "chance_recall@1": 0.05},
         "knn": {"knn@10": 0.5, "chance": 0.25},
     }
@@ -87,6 +88,27 @@ def test_seed_groups_and_comparison():
     }
     assert "not larger" in R.comparison_lines(close)[0]
     assert R.comparison_lines({"p0": _m(0.6, True)}) == []
+
+
+def test_contrast_ablation_lines():
+    models = {
+        "physical-s0": _m(0.60, True, 1.0),
+        "physical-s1": _m(0.62, True, 1.0),
+        "physical-nocontrast-s0": _m(0.40, True, 0.0),
+        "physical-nocontrast-s1": _m(0.45, True, 0.0),
+        "photometric-s0": _m(0.30, False, 1.0),
+        "photometric-s1": _m(0.31, False, 1.0),
+    }
+    lines = R.comparison_lines(models)
+    # two physical groups x one photometric group, then with vs without L_contrast
+    assert len(lines) == 3
+    ablation = lines[2]
+    assert "**physical** (physical + L_contrast" in ablation
+    assert "**physical-nocontrast** (physical, no L_contrast" in ablation
+    assert "+0.185" in ablation and "is larger" in ablation
+    # an unrecorded contrast weight is never guessed
+    models["physical-s1"] = _m(0.62, True)
+    assert len(R.comparison_lines(models)) == 2
 
 
 def test_figures_draw(tmp_path):
