@@ -24,6 +24,8 @@ TOY = [
     "--set",
     "render.samples=2",
     "--set",
+    "render.denoise=false",
+    "--set",
     "render.passes=['mask', 'matid']",
     "--set",
     "dataset.max_materials=4",
