@@ -12,7 +12,7 @@ Stages (outputs under ``--out``):
 
 1. ``phieat-render build`` of ``manifests/tiny.toml`` (seconds, with a contact sheet
    ``<out>/tiny-preview.png``), then ``manifests/loop-train.toml`` (150 training-split materials x 4
-   views), ``loop-val.toml`` (30 val-split materials) and ``eval-tiny.toml`` (50 test-split
+   views), ``loop-val.toml`` (30 val-split materials) and ``eval-tiny.toml`` (100 test-split
    materials on test-split meshes and lights, with object and material-index masks).
 2. ``phieat-train --config tiny-cpu`` three times on the same shards and budget: physical
    augmentation (two views = two renders of a material on other meshes and lights), the

@@ -221,19 +221,55 @@ def _contrast_on(m: dict) -> bool | None:
     return None if weight is None else float(weight) > 0
 
 
+# Secondary metrics in the comparison lines: (name, key in HEADLINE, +1 if higher is better).
+SECONDARY = (("R@5", "R@5", 1), ("mAP", "mAP", 1), ("intra/inter", "intra/inter", -1))
+
+
+def _metric(m: dict, key: str) -> float | None:
+    return next(fn for h, _, fn in HEADLINE if h == key)(m)
+
+
+def _secondary(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> str:
+    """``R@5 +0.029 (spread 0.008: larger)``... for the secondary metrics both sides have."""
+    parts = []
+    for label, key, sign in SECONDARY:
+        if key not in a or key not in b:
+            continue
+        gap = a[key].mean() - b[key].mean()
+        part = f"{label} {gap:+.3f}"
+        if a[key].size > 1 and b[key].size > 1:
+            spread = max(np.ptp(a[key]), np.ptp(b[key]))
+            verdict = "larger" if abs(gap) > spread else "not larger"
+            part += f" (spread {spread:.3f}: {verdict})"
+        parts.append(part + (", lower is better" if sign < 0 else ""))
+    return ("; " + "; ".join(parts)) if parts else ""
+
+
 def _gap_line(
-    a_name: str, a: np.ndarray, a_kind: str, b_name: str, b: np.ndarray, b_kind: str
+    a_name: str,
+    a: dict[str, np.ndarray],
+    a_kind: str,
+    b_name: str,
+    b: dict[str, np.ndarray],
+    b_kind: str,
 ) -> str:
-    gap = a.mean() - b.mean()
+    """R@1 (the headline: its verdict against the seed spread), then the secondary metrics."""
+    r1_a, r1_b = a["R@1"], b["R@1"]
+    gap = r1_a.mean() - r1_b.mean()
     line = (
-        f"- **{a_name}** ({a_kind}, {a.size} seed(s)) vs **{b_name}** ({b_kind}, {b.size}): "
-        f"mean R@1 {a.mean():.3f} vs {b.mean():.3f}, difference {gap:+.3f}"
+        f"- **{a_name}** ({a_kind}, {r1_a.size} seed(s)) vs **{b_name}** ({b_kind}, "
+        f"{r1_b.size}): mean R@1 {r1_a.mean():.3f} vs {r1_b.mean():.3f}, difference {gap:+.3f}"
     )
-    if a.size > 1 and b.size > 1:
-        spread = max(np.ptp(a), np.ptp(b))
+    if r1_a.size > 1 and r1_b.size > 1:
+        spread = max(np.ptp(r1_a), np.ptp(r1_b))
         verdict = "larger" if abs(gap) > spread else "not larger"
-        return line + f"; seed-to-seed spread {spread:.3f}: the difference is {verdict}."
-    return line + "; one seed on a side, so no seed-to-seed spread to compare against."
+        line += f"; seed-to-seed spread {spread:.3f}: the difference is {verdict}."
+    else:
+        line += "; one seed on a side, so no seed-to-seed spread to compare against."
+    other = _secondary(a, b)
+    if other:
+        line += " Other metrics, difference:" + other[1:] + "."
+    return line
 
 
 def comparison_lines(models: dict[str, dict]) -> list[str]:
@@ -241,16 +277,22 @@ def comparison_lines(models: dict[str, dict]) -> list[str]:
     ``physical_augmentation`` flag their checkpoints carry), then each physical group with
     L_contrast against each physical group trained without it (``loss.contrast_weight`` 0
     in the recorded config): the difference of mean R@1, and whether it exceeds the
-    seed-to-seed spread (max - min within either group)."""
-    kinds: dict[bool, dict[str, np.ndarray]] = {True: {}, False: {}}
-    contrast: dict[bool, dict[str, np.ndarray]] = {True: {}, False: {}}
+    seed-to-seed spread (max - min within either group); then the same for R@5, mAP and the
+    intra/inter distance ratio, where both sides have them."""
+    kinds: dict[bool, dict[str, dict[str, np.ndarray]]] = {True: {}, False: {}}
+    contrast: dict[bool, dict[str, dict[str, np.ndarray]]] = {True: {}, False: {}}
     for group, names in seed_groups(models).items():
         flags = {models[n].get("model", {}).get("physical_augmentation") for n in names}
         vals = [_r1(models[n]) for n in names]
         if len(flags) != 1 or None in flags or None in vals:
             continue
         physical = flags.pop()
-        kinds[physical][group] = np.array(vals, float)
+        metrics = {"R@1": np.array(vals, float)}
+        for _, key, _ in SECONDARY:
+            other = [_metric(models[n], key) for n in names]
+            if None not in other:
+                metrics[key] = np.array(other, float)
+        kinds[physical][group] = metrics
         uses = {_contrast_on(models[n]) for n in names}
         if physical and len(uses) == 1 and None not in uses:
             contrast[uses.pop()][group] = kinds[physical][group]

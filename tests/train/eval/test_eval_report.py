@@ -111,6 +111,30 @@ def test_contrast_ablation_lines():
     assert len(R.comparison_lines(models)) == 2
 
 
+def test_comparison_lines_report_secondary_metrics():
+    def m(r1, r5, ratio, phys):
+        out = _m(r1, phys)
+        out["retrieval"]["recall@5"] = r5
+        out["invariance"] = {"ratio": ratio}
+        return out
+
+    models = {
+        "physical-s0": m(0.080, 0.24, 0.94, True),
+        "physical-s1": m(0.080, 0.25, 0.98, True),
+        "photometric-s0": m(0.083, 0.21, 1.03, False),
+        "photometric-s1": m(0.075, 0.22, 1.04, False),
+    }
+    (line,) = R.comparison_lines(models)
+    assert "difference +0.001; seed-to-seed spread 0.008: the difference is not larger." in line
+    assert "R@5 +0.030 (spread 0.010: larger)" in line
+    # lower is better for the invariance ratio; its gap is negative and still beyond spread
+    assert "intra/inter -0.075 (spread 0.040: larger), lower is better" in line
+    assert "mAP" not in line  # not recorded on either side: never invented
+    one_each = {"physical-s0": models["physical-s0"], "p": models["photometric-s0"]}
+    (single,) = R.comparison_lines(one_each)
+    assert "one seed on a side" in single and "R@5 +0.030; intra/inter -0.090, lower" in single
+
+
 def test_figures_draw(tmp_path):
     rng = np.random.default_rng(1)
     imgs = rng.integers(0, 255, (2, 6, 16, 16, 3), dtype=np.uint8)
