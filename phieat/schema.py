@@ -265,7 +265,9 @@ def validate_sample(sample: Mapping[str, Any], image_format: str | None = None) 
         except json.JSONDecodeError as exc:
             raise SchemaError(f"sample {key}: json member is not valid JSON ({exc})") from exc
     validate_meta(meta, key)
-    extensions = [IMAGE_FORMATS[image_format]] if image_format else sorted(set(IMAGE_FORMATS.values()))
+    extensions = (
+        [IMAGE_FORMATS[image_format]] if image_format else sorted(set(IMAGE_FORMATS.values()))
+    )
     for i in range(len(meta["views"])):
         if not any(f"view{i}.{ext}" in sample for ext in extensions):
             raise SchemaError(

@@ -52,7 +52,13 @@ def make_index() -> dict:
         "spec_hash": "aa",
         "catalog_hashes": {"materials": "bb"},
         "shards": [
-            {"name": "shard-000000.tar", "samples": 3, "bytes": 100, "sha256": "c", "plan_hash": "d"}
+            {
+                "name": "shard-000000.tar",
+                "samples": 3,
+                "bytes": 100,
+                "sha256": "c",
+                "plan_hash": "d",
+            }
         ],
         "failures": [],
         "materials": ["oak-017"],
