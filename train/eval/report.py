@@ -262,7 +262,10 @@ def _gap_line(
     )
     if r1_a.size > 1 and r1_b.size > 1:
         spread = max(np.ptp(r1_a), np.ptp(r1_b))
-        verdict = "larger" if abs(gap) > spread else "not larger"
+        if abs(gap) > spread:
+            verdict = f"larger: **{a_name if gap > 0 else b_name}** is ahead"
+        else:
+            verdict = "not larger: neither is shown ahead"
         line += f"; seed-to-seed spread {spread:.3f}: the difference is {verdict}."
     else:
         line += "; one seed on a side, so no seed-to-seed spread to compare against."

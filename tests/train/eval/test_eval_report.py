@@ -76,7 +76,8 @@ def test_seed_groups_and_comparison():
     assert groups["phys-nocontrast"] == ["phys-nocontrast_seed0"] and groups["pixels"] == ["pixels"]
     lines = R.comparison_lines(models)
     assert len(lines) == 2  # two physical groups x one photometric group
-    assert "**physical**" in lines[0] and "+0.205" in lines[0] and "is larger" in lines[0]
+    assert "**physical**" in lines[0] and "+0.205" in lines[0]
+    assert "is larger: **physical** is ahead" in lines[0]
     assert "one seed on a side" in lines[1]
     table = R.seed_table(models)
     assert "| physical | 2 | 0.620 ± 0.020 |" in table and "pixels" not in table
@@ -87,6 +88,14 @@ def test_seed_groups_and_comparison():
         "b-s1": _m(0.62, False),
     }
     assert "not larger" in R.comparison_lines(close)[0]
+    behind = {
+        "a-s0": _m(0.40, True),
+        "a-s1": _m(0.42, True),
+        "b-s0": _m(0.58, False),
+        "b-s1": _m(0.62, False),
+    }
+    assert "-0.190" in R.comparison_lines(behind)[0]
+    assert "is larger: **b** is ahead" in R.comparison_lines(behind)[0]
     assert R.comparison_lines({"p0": _m(0.6, True)}) == []
 
 
@@ -125,7 +134,7 @@ def test_comparison_lines_report_secondary_metrics():
         "photometric-s1": m(0.075, 0.22, 1.04, False),
     }
     (line,) = R.comparison_lines(models)
-    assert "difference +0.001; seed-to-seed spread 0.008: the difference is not larger." in line
+    assert "difference +0.001; seed-to-seed spread 0.008: the difference is not larger: neither is shown ahead." in line
     assert "R@5 +0.030 (spread 0.010: larger)" in line
     # lower is better for the invariance ratio; its gap is negative and still beyond spread
     assert "intra/inter -0.075 (spread 0.040: larger), lower is better" in line
