@@ -217,19 +217,28 @@ def loss_curves(runs: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]) -> Im
     terms = sorted({t for r in runs.values() for t in r}, key=lambda t: (not _is_total(t), t))
     cols = min(3, max(1, len(terms)))
     rows = math.ceil(len(terms) / cols)
-    pw, ph, pad, head = 330, 210, 12, 40
+    pw, ph, pad = 330, 210, 12
     font, small = _font(15), _font(12)
-    canvas = Image.new("RGB", (pad + cols * (pw + pad), head + rows * (ph + pad) + pad), "white")
+    width = pad + cols * (pw + pad)
+    # Legend entries after the title, wrapping onto further lines so that none is cut off.
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    entries, lx, ly = [], pad + 380, 9
+    for name in runs:
+        step = 30 + int(measure.textlength(name, font=small)) + 12
+        if lx + step > width and lx > pad:
+            lx, ly = pad, ly + 18
+        entries.append((lx, ly, name))
+        lx += step
+    head = ly + 31
+    canvas = Image.new("RGB", (width, head + rows * (ph + pad) + pad), "white")
     draw = ImageDraw.Draw(canvas)
     draw.text(
         (pad, 8), "training losses (from each model's metrics.jsonl)", fill="black", font=font
     )
-    lx = pad + 380
-    for i, name in enumerate(runs):
+    for i, (lx, ly, name) in enumerate(entries):
         colour = PALETTE[i % len(PALETTE)]
-        draw.line((lx, 17, lx + 18, 17), fill=colour, width=3)
-        draw.text((lx + 22, 9), name, fill="black", font=small)
-        lx += 30 + int(draw.textlength(name, font=small)) + 12
+        draw.line((lx, ly + 8, lx + 18, ly + 8), fill=colour, width=3)
+        draw.text((lx + 22, ly), name, fill="black", font=small)
     for t, term in enumerate(terms):
         x0 = pad + (t % cols) * (pw + pad)
         y0 = head + (t // cols) * (ph + pad)

@@ -158,4 +158,12 @@ def test_figures_draw(tmp_path):
         "a": {"loss/total": (np.arange(5.0), np.arange(5.0)[::-1])},
         "b": {"loss/total": (np.arange(3.0), np.ones(3)), "loss/x": (np.zeros(1), np.ones(1))},
     }
-    assert F.loss_curves(runs).width > 600
+    two = F.loss_curves(runs)
+    assert two.width > 600
+    # six long model names do not fit beside the title: the legend wraps (taller), and the
+    # last entry's colour swatch is drawn inside the image, below the first line
+    many = {f"physical-nocontrast-s{i}": runs["b"] for i in range(6)}
+    six = np.asarray(F.loss_curves(many))
+    assert six.shape[1] == two.width and six.shape[0] > two.height
+    last = F.PALETTE[5 % len(F.PALETTE)]
+    assert (six[20:60] == np.array(last, np.uint8)).all(axis=-1).any()
