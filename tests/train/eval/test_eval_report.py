@@ -134,7 +134,10 @@ def test_comparison_lines_report_secondary_metrics():
         "photometric-s1": m(0.075, 0.22, 1.04, False),
     }
     (line,) = R.comparison_lines(models)
-    assert "difference +0.001; seed-to-seed spread 0.008: the difference is not larger: neither is shown ahead." in line
+    assert (
+        "difference +0.001; seed-to-seed spread 0.008: the difference is not larger: neither is shown ahead."
+        in line
+    )
     assert "R@5 +0.030 (spread 0.010: larger)" in line
     # lower is better for the invariance ratio; its gap is negative and still beyond spread
     assert "intra/inter -0.075 (spread 0.040: larger), lower is better" in line
