@@ -81,21 +81,20 @@ def test_seed_groups_and_comparison():
     assert "one seed on a side" in lines[1]
     table = R.seed_table(models)
     assert "| physical | 2 | 0.620 ± 0.020 |" in table and "pixels" not in table
-    close = {
-        "a-s0": _m(0.60, True),
-        "a-s1": _m(0.70, True),
-        "b-s0": _m(0.58, False),
-        "b-s1": _m(0.62, False),
-    }
-    assert "not larger" in R.comparison_lines(close)[0]
-    behind = {
-        "a-s0": _m(0.40, True),
-        "a-s1": _m(0.42, True),
-        "b-s0": _m(0.58, False),
-        "b-s1": _m(0.62, False),
-    }
-    assert "-0.190" in R.comparison_lines(behind)[0]
-    assert "is larger: **b** is ahead" in R.comparison_lines(behind)[0]
+
+    def pair(a0: float, a1: float, b0: float, b1: float) -> str:
+        """The physical-vs-photometric line of groups a (physical) and b (photometric)."""
+        ab = {
+            "a-s0": _m(a0, True),
+            "a-s1": _m(a1, True),
+            "b-s0": _m(b0, False),
+            "b-s1": _m(b1, False),
+        }
+        return R.comparison_lines(ab)[0]
+
+    assert "not larger: neither is shown ahead" in pair(0.60, 0.70, 0.58, 0.62)
+    behind = pair(0.40, 0.42, 0.58, 0.62)
+    assert "-0.190" in behind and "is larger: **b** is ahead" in behind
     assert R.comparison_lines({"p0": _m(0.6, True)}) == []
 
 
