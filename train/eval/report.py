@@ -221,8 +221,8 @@ def _contrast_on(m: dict) -> bool | None:
     return None if weight is None else float(weight) > 0
 
 
-# Secondary metrics in the comparison lines: (name, key in HEADLINE, +1 if higher is better).
-SECONDARY = (("R@5", "R@5", 1), ("mAP", "mAP", 1), ("intra/inter", "intra/inter", -1))
+# Secondary metrics in the comparison lines: (column of HEADLINE, +1 if higher is better).
+SECONDARY = (("R@5", 1), ("mAP", 1), ("intra/inter", -1))
 
 
 def _metric(m: dict, key: str) -> float | None:
@@ -232,11 +232,11 @@ def _metric(m: dict, key: str) -> float | None:
 def _secondary(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> str:
     """``R@5 +0.029 (spread 0.008: larger)``... for the secondary metrics both sides have."""
     parts = []
-    for label, key, sign in SECONDARY:
+    for key, sign in SECONDARY:
         if key not in a or key not in b:
             continue
         gap = a[key].mean() - b[key].mean()
-        part = f"{label} {gap:+.3f}"
+        part = f"{key} {gap:+.3f}"
         if a[key].size > 1 and b[key].size > 1:
             spread = max(np.ptp(a[key]), np.ptp(b[key]))
             verdict = "larger" if abs(gap) > spread else "not larger"
@@ -291,7 +291,7 @@ def comparison_lines(models: dict[str, dict]) -> list[str]:
             continue
         physical = flags.pop()
         metrics = {"R@1": np.array(vals, float)}
-        for _, key, _ in SECONDARY:
+        for key, _ in SECONDARY:
             other = [_metric(models[n], key) for n in names]
             if None not in other:
                 metrics[key] = np.array(other, float)
