@@ -229,20 +229,26 @@ def _metric(m: dict, key: str) -> float | None:
     return next(fn for h, _, fn in HEADLINE if h == key)(m)
 
 
+def _spread(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Seed-to-seed spread of a comparison: the larger max - min of the two groups; None when
+    either side has a single seed."""
+    return max(np.ptp(a), np.ptp(b)) if a.size > 1 and b.size > 1 else None
+
+
 def _secondary(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> str:
-    """``R@5 +0.029 (spread 0.008: larger)``... for the secondary metrics both sides have."""
+    """``R@5 +0.029 (spread 0.008: larger); ...`` for the secondary metrics both sides have."""
     parts = []
     for key, sign in SECONDARY:
         if key not in a or key not in b:
             continue
         gap = a[key].mean() - b[key].mean()
         part = f"{key} {gap:+.3f}"
-        if a[key].size > 1 and b[key].size > 1:
-            spread = max(np.ptp(a[key]), np.ptp(b[key]))
+        spread = _spread(a[key], b[key])
+        if spread is not None:
             verdict = "larger" if abs(gap) > spread else "not larger"
             part += f" (spread {spread:.3f}: {verdict})"
         parts.append(part + (", lower is better" if sign < 0 else ""))
-    return ("; " + "; ".join(parts)) if parts else ""
+    return "; ".join(parts)
 
 
 def _gap_line(
@@ -260,8 +266,8 @@ def _gap_line(
         f"- **{a_name}** ({a_kind}, {r1_a.size} seed(s)) vs **{b_name}** ({b_kind}, "
         f"{r1_b.size}): mean R@1 {r1_a.mean():.3f} vs {r1_b.mean():.3f}, difference {gap:+.3f}"
     )
-    if r1_a.size > 1 and r1_b.size > 1:
-        spread = max(np.ptp(r1_a), np.ptp(r1_b))
+    spread = _spread(r1_a, r1_b)
+    if spread is not None:
         if abs(gap) > spread:
             verdict = f"larger: **{a_name if gap > 0 else b_name}** is ahead"
         else:
@@ -271,7 +277,7 @@ def _gap_line(
         line += "; one seed on a side, so no seed-to-seed spread to compare against."
     other = _secondary(a, b)
     if other:
-        line += " Other metrics, difference:" + other[1:] + "."
+        line += f" Other metrics, difference: {other}."
     return line
 
 
