@@ -18,7 +18,9 @@ Pipeline (one logical *stream* per rank x data worker), top to bottom:
    (``data.error_policy = "warn"``) or raised.
 5. two views on different meshes and lights (physical augmentation) or the same render twice
    (photometric baseline), mask-aware multi-crop, jitter, iBOT block masks
-   (``train.augment``), collate; label = ``phieat.schema.stable_label(material_id)``.
+   (``train.augment``), collate; label = ``phieat.schema.stable_label(material_id)`` with
+   physical augmentation, or a label of the one render (sample key and view) in the
+   photometric baseline, whose positives must never be two different renders.
 
 Each sample's random generator is seeded from (seed, epoch, stream, index in epoch), and every
 batch carries its stream's position, so ``Loader.state_dict()`` resumes exactly: the next
@@ -182,6 +184,15 @@ def choose_views(rng: np.random.Generator, views: list[dict], physical: bool) ->
     return first, int(pool[int(rng.integers(len(pool)))])
 
 
+def sample_label(material_id: str, key: str, pair: tuple[int, int], physical: bool) -> int:
+    """The label L_contrast and KoLeo group by: the material (physical augmentation), or the
+    render itself (photometric baseline: sample key and view), so that when a material returns
+    in another batch as another render, the baseline never treats two renders as positives."""
+    if physical:
+        return schema.stable_label(material_id)
+    return schema.stable_label(f"{key}/view{pair[0]}")
+
+
 def _decode_image(data: bytes, key: str, member: str) -> Image.Image:
     if member.endswith(".exr"):
         raise DataError(
@@ -266,7 +277,7 @@ def make_sample(
         lparams.append(params)
     return {
         "key": key,
-        "label": schema.stable_label(material_id),
+        "label": sample_label(material_id, key, pair, data.physical_augmentation),
         "global": globals_,
         "global_params": gparams,
         "local": locals_,

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from train.config import TrainConfig
+from train.diagnostics import effective_rank, target_stats
 from train.losses import (
     ContrastLoss,
     DINOClsTokenLoss,
@@ -96,6 +97,12 @@ class Teacher(nn.Module):
         self.ibot_head = copy.deepcopy(student.ibot_head)
         for p in self.parameters():
             p.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> Teacher:
+        """A teacher always runs in eval mode: no drop-path or dropout in its targets, whatever
+        mode the student (or the ``MetaArch`` holding both) is put in."""
+        return super().train(False)
 
     def forward(self, global_crops: torch.Tensor, masks: torch.Tensor, regression: bool) -> dict:
         g = self.backbone(global_crops)
@@ -126,6 +133,7 @@ class MetaArch(nn.Module):
             self.gram_teacher = copy.deepcopy(self.student.backbone)
             for p in self.gram_teacher.parameters():
                 p.requires_grad_(False)
+            self.gram_teacher.eval()
         k = cfg.model.head_prototypes
         self.dino_loss = DINOClsTokenLoss(k, loss.student_temp, loss.center_momentum)
         self.ibot_loss = IBOTPatchLoss(k, loss.student_temp, loss.center_momentum)
@@ -135,6 +143,14 @@ class MetaArch(nn.Module):
         # Step at which the Gram teacher was last copied from the EMA teacher (-1: never).
         self.register_buffer("gram_snapshot_step", torch.tensor(-1, dtype=torch.long))
         self.last_stats: dict[str, float] = {}
+
+    def train(self, mode: bool = True) -> MetaArch:
+        """Only the student follows ``mode``; the EMA and Gram teachers stay in eval mode."""
+        super().train(mode)
+        self.teacher.eval()
+        if self.gram_teacher is not None:
+            self.gram_teacher.eval()
+        return self
 
     # -------------------------------------------------------------------- Gram teacher
 
@@ -214,6 +230,7 @@ class MetaArch(nn.Module):
             probs = self._probs(t_logits, teacher_temp, self.dino_loss)
             s_logits = s_out["dino_logits"].reshape(n_global + n_local, n_batch, -1)
             losses["dino"] = self.dino_loss(s_logits, probs)
+            stats.update(target_stats(probs, float(losses["dino"].detach())))
             if cfg.centering == "centering":
                 self.dino_loss.update_center(t_logits)
         if cfg.ibot_weight > 0 and "ibot_out" in s_out:
@@ -253,6 +270,7 @@ class MetaArch(nn.Module):
         with torch.no_grad():
             cls_n = torch.nn.functional.normalize(s_out["cls_global"].float(), dim=-1)
             stats["cls_std"] = float(cls_n.std(dim=0).mean())
+            stats["cls_rank"] = effective_rank(s_out["cls_global"])
         self.last_stats = stats
         return losses
 

@@ -43,6 +43,7 @@ from train.checkpoint import (
 )
 from train.config import TrainConfig, from_dict, to_dict, to_toml
 from train.data import Loader, expand_urls, read_index
+from train.diagnostics import collapse_warning
 from train.meta_arch import MetaArch, backbone_kwargs
 from train.models import export_backbone
 
@@ -410,6 +411,9 @@ def main(cfg: TrainConfig) -> dict:
     data_iter = iter(loader)
     run_start = time.perf_counter()
     time_up = False
+    # Collapse warnings (train.diagnostics) start after the lr and teacher-temperature warm-ups.
+    warm_steps = max(cfg.optim.warmup_steps, cfg.loss.warmup_teacher_temp_steps)
+    last_warned = -(10**9)
     try:
         while step < stop_at:
             t0 = time.perf_counter()
@@ -493,6 +497,10 @@ def main(cfg: TrainConfig) -> dict:
                 if digest is not None:
                     record["batch_digest"] = digest
                 metrics.write(step, record)
+                warning = collapse_warning(meta.last_stats, step, warm_steps)
+                if warning and step - last_warned >= 10 * cfg.log_every:
+                    log.warning(warning)
+                    last_warned = step
                 last.update({k: v for k, v in record.items() if isinstance(v, (int, float))})
                 window_start, window_wait, window_steps = time.perf_counter(), 0.0, 0
             if stop_requested:

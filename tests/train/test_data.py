@@ -92,6 +92,34 @@ def test_photometric_baseline_uses_one_render(shard_dir):
     assert batch["global"].shape == (8, 3, 32, 32)  # same number of crops as the physical run
 
 
+def test_photometric_labels_are_per_render_not_per_material(shard_dir):
+    """The baseline's positives are crops of one render: the same material seen again as another
+    render (another view or sample) must get another label; physical runs label the material."""
+    from train.data import sample_label
+
+    assert sample_label("oak-1", "oak-1__g0000", (2, 2), physical=True) == schema.stable_label(
+        "oak-1"
+    )
+    photo = {
+        sample_label("oak-1", key, (v, v), physical=False)
+        for key in ("oak-1__g0000", "oak-1__g0001")
+        for v in range(4)
+    }
+    assert len(photo) == 8 and schema.stable_label("oak-1") not in photo
+    # Through the loader: two epochs of one material-per-sample stream give each (key, view)
+    # its own label, and equal labels only ever mean the same render.
+    cfg = _cfg(**{"data.physical_augmentation": "false", "data.shuffle_buffer": 1})
+    loader = Loader(expand_urls(str(shard_dir)), cfg.data, cfg.crops, 8, seed=0)
+    seen: dict[int, tuple[str, int]] = {}
+    for batch in _batches(loader, 8):
+        for key, label, view in zip(
+            batch["keys"], batch["labels"].tolist(), batch["views"][:, 0].tolist(), strict=True
+        ):
+            assert seen.setdefault(label, (key, view)) == (key, view)
+    materials = {schema.parse_key(k)[0] for k, _ in seen.values()}
+    assert len(seen) > len(materials)  # some material came back as another render
+
+
 def test_streams_split_samples_across_ranks_and_workers(shard_dir):
     cfg = _cfg(**{"data.shuffle_buffer": 1})
     shards = expand_urls(str(shard_dir))

@@ -124,3 +124,24 @@ def test_variants_give_finite_losses_and_gradients(extra):
     assert all(torch.isfinite(v) for v in losses.values())
     grads = [p.grad for p in meta.student.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
+
+
+def test_teachers_stay_in_eval_mode_while_the_student_trains():
+    """With drop-path on, a teacher in training mode would give random targets: the EMA and Gram
+    teachers must stay in eval mode whatever mode the meta-architecture is put in."""
+    meta = MetaArch(_micro_cfg("model.drop_path_rate=0.5", "loss.gram_weight=1.0"))
+    meta.train()
+    assert meta.student.training and meta.student.backbone.training
+    for teacher in (meta.teacher, meta.gram_teacher):
+        assert not any(m.training for m in teacher.modules())
+    meta.teacher.train()  # a direct call cannot switch it either
+    assert not any(m.training for m in meta.teacher.modules())
+    x = torch.randn(2, 3, 16, 16)
+    masks = torch.zeros(2, 2, 2, dtype=torch.bool)
+    with torch.no_grad():
+        first = meta.teacher(x, masks, regression=False)["dino_logits"]
+        again = meta.teacher(x, masks, regression=False)["dino_logits"]
+        assert torch.equal(first, again)  # no drop-path in the teacher's forward
+        s1 = meta.student.backbone(x)["cls"]
+        s2 = meta.student.backbone(x)["cls"]
+    assert not torch.equal(s1, s2)  # the student's drop-path is on (the check above can fail)
