@@ -107,6 +107,25 @@ def _rank(
     return top, cor, average_precision(rel)
 
 
+def mask_pool(patches: np.ndarray, masks: np.ndarray | None) -> np.ndarray:
+    """Object-mask readout: the mean of the patch features ``(N, h, w, D)`` weighted by the
+    fraction of each patch that the object mask ``(N, H, W)`` covers. A view with no object
+    pixels (or no masks at all) falls back to the mean over every patch."""
+    patches = np.asarray(patches, np.float32)
+    n, h, w, _ = patches.shape
+    if masks is None:
+        return patches.mean(axis=(1, 2))
+    masks = np.asarray(masks, bool)
+    big_h, big_w = masks.shape[1:]
+    if big_h % h or big_w % w:
+        raise ValueError(f"mask size {big_h}x{big_w} is not a multiple of the patch grid {h}x{w}")
+    cover = masks.reshape(n, h, big_h // h, w, big_w // w).mean(axis=(2, 4))  # (N, h, w)
+    empty = cover.sum(axis=(1, 2)) <= 0
+    cover[empty] = 1.0
+    weights = cover / cover.sum(axis=(1, 2), keepdims=True)
+    return np.einsum("nhw,nhwd->nd", weights, patches)
+
+
 def cross_retrieval(
     feats: np.ndarray,
     material: Sequence,

@@ -116,6 +116,10 @@ def evaluate(
         mat, mesh, light = es.material[obj], es.mesh[obj], es.light[obj]
         res = M.cross_retrieval(cls, mat, mesh, light, ks=cfg.ks)
         out["retrieval"] = res.metrics()
+        # The object-mask readout (mean patch feature on the object), reported beside the CLS
+        # numbers, never instead of them: what the features know once the background is out.
+        pooled = M.mask_pool(feats.patches, _grid_masks(masks, feats.patches.shape[1:3]))
+        out["retrieval_masked"] = M.cross_retrieval(pooled, mat, mesh, light, ks=cfg.ks).metrics()
         colour = es.mean_colour()[obj]
         hard = M.cross_retrieval(
             cls, mat, mesh, light, ks=cfg.ks, colour=colour, n_negatives=cfg.n_negatives
@@ -152,6 +156,19 @@ def evaluate(
         logger.warning("eval set has no views with a matid map: material selection skipped")
     out.setdefault("timing", {})["total_s"] = time.perf_counter() - started
     return EvalResult(metrics=out, figures=figures)
+
+
+def _grid_masks(masks: np.ndarray | None, grid: tuple[int, int]) -> np.ndarray | None:
+    """Object masks resized (nearest) to a multiple of the patch grid, for ``mask_pool``."""
+    if masks is None:
+        return None
+    h, w = grid
+    big_h, big_w = masks.shape[1:]
+    if big_h % h == 0 and big_w % w == 0:
+        return masks
+    rows = (np.arange(h * 8) * big_h // (h * 8)).clip(0, big_h - 1)
+    cols = (np.arange(w * 8) * big_w // (w * 8)).clip(0, big_w - 1)
+    return masks[:, rows][:, :, cols]
 
 
 def _spread(rng: np.random.Generator, n: int, k: int) -> np.ndarray:

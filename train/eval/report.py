@@ -124,6 +124,11 @@ HEADLINE: list[tuple[str, str, Callable[[dict], object]]] = [
         lambda m: m.get("retrieval", {}).get("recall@1"),
     ),
     ("R@5", "Recall@5", lambda m: m.get("retrieval", {}).get("recall@5")),
+    (
+        "R@1 mask",
+        "R@1 of the object-mask readout (mean patch feature on the object)",
+        lambda m: m.get("retrieval_masked", {}).get("recall@1"),
+    ),
     ("mAP", "mean average precision", lambda m: m.get("retrieval", {}).get("map")),
     (
         "R@1 same-colour",
@@ -168,12 +173,13 @@ def headline_table(models: dict[str, dict]) -> str:
         chance = [
             any_m.get("retrieval", {}).get("chance_recall@1"),
             None,
+            any_m.get("retrieval_masked", {}).get("chance_recall@1"),
             None,
             any_m.get("retrieval_same_colour", {}).get("chance_recall@1"),
             any_m.get("knn", {}).get("chance"),
             any_m.get("knn", {}).get("chance"),
             any_m.get("knn", {}).get("chance"),
-        ] + [None] * (len(HEADLINE) - 7)
+        ] + [None] * (len(HEADLINE) - 8)
         rows.append("| *chance* | " + " | ".join(_cell(c) for c in chance) + " |")
     return "\n".join(rows)
 
@@ -222,7 +228,7 @@ def _contrast_on(m: dict) -> bool | None:
 
 
 # Secondary metrics in the comparison lines: (column of HEADLINE, +1 if higher is better).
-SECONDARY = (("R@5", 1), ("mAP", 1), ("intra/inter", -1))
+SECONDARY = (("R@5", 1), ("mAP", 1), ("R@1 mask", 1), ("intra/inter", -1))
 
 
 def _metric(m: dict, key: str) -> float | None:

@@ -269,3 +269,19 @@ def test_invariance_of_collapsed_features_is_not_a_ratio_of_noise():
     feats = np.ones((material.size, 8)) + 1e-9 * rng.standard_normal((material.size, 8))
     inv = M.invariance(feats, material, mesh, light)
     assert inv["intra"] >= 0 and inv["inter"] >= 0 and inv["ratio"] is None
+
+
+def test_mask_pool_weights_patches_by_object_cover():
+    patches = np.zeros((2, 2, 2, 3), np.float32)
+    patches[:, 0, 0] = [1, 0, 0]  # object patch
+    patches[:, 1, 1] = [0, 0, 9]  # background patch
+    masks = np.zeros((2, 8, 8), bool)
+    masks[0, :4, :4] = True  # view 0: the object covers exactly patch (0, 0)
+    masks[0, :2, 4:8] = True  # ... and half of patch (0, 1), whose feature is 0
+    pooled = M.mask_pool(patches, masks)
+    np.testing.assert_allclose(pooled[0], [1 / 1.5, 0, 0], rtol=1e-6)
+    # View 1 has no object pixels: the plain mean over all four patches.
+    np.testing.assert_allclose(pooled[1], [0.25, 0, 2.25], rtol=1e-6)
+    np.testing.assert_allclose(M.mask_pool(patches, None), pooled[1:].repeat(2, 0), rtol=1e-6)
+    with pytest.raises(ValueError, match="patch grid"):
+        M.mask_pool(patches, np.ones((2, 7, 7), bool))

@@ -18,6 +18,8 @@ def test_protocol_splits_views_and_ignores_matid(tmp_path, dataset_writer, mater
     m = full.metrics
     assert m["counts"] == {"views": 24, "object_views": 18, "selection_views": 6, "materials": 6}
     assert m["retrieval"]["n_queries"] + m["retrieval"]["n_excluded"] == 18
+    # The object-mask readout is scored on the same queries as the CLS feature.
+    assert m["retrieval_masked"]["n_queries"] == m["retrieval"]["n_queries"]
     assert m["selection"]["threshold_from"].startswith("eval set")
     assert full.figures["pca_patches"].shape[1:3] == (8, 8)
     assert list(es.material_regions()) == [0] * 18 + [2] * 6
