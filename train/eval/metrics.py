@@ -468,6 +468,42 @@ def selection_scores(
 DEFAULT_THRESHOLDS = np.round(np.linspace(-1.0, 1.0, 201), 4)
 
 
+def _iou_per_candidate(
+    sims: Sequence[np.ndarray],
+    targets: Sequence[np.ndarray],
+    valids: Sequence[np.ndarray | None],
+    cand: np.ndarray,
+) -> np.ndarray:
+    """``(n_selections, n_candidates)`` IoU of every selection at every threshold."""
+    ious = np.zeros((len(sims), cand.size))
+    for n, (sim, tgt, val) in enumerate(zip(sims, targets, valids, strict=True)):
+        val = np.ones(sim.shape, bool) if val is None else val.astype(bool)
+        s, t = sim[val], tgt.astype(bool)[val]
+        pred = s[None, :] >= cand[:, None]
+        inter = (pred & t).sum(1)
+        union = (pred | t).sum(1)
+        ious[n] = np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+    return ious
+
+
+def selection_floors(
+    sims: Sequence[np.ndarray],
+    targets: Sequence[np.ndarray],
+    valids: Sequence[np.ndarray | None] | None = None,
+    candidates: np.ndarray = DEFAULT_THRESHOLDS,
+) -> dict:
+    """What a selection IoU is worth: ``iou_select_all`` (every valid pixel selected: no
+    features needed) and ``iou_oracle`` (each selection at its own best threshold: the most
+    these similarity maps allow, an upper bound no threshold chosen on val can beat)."""
+    if not sims:
+        return {"iou_select_all": None, "iou_oracle": None}
+    valids = valids if valids is not None else [None] * len(sims)
+    everything = [np.full(s.shape, np.inf, np.float32) for s in sims]
+    select_all = _iou_per_candidate(everything, targets, valids, np.zeros(1, np.float32))
+    ious = _iou_per_candidate(sims, targets, valids, np.asarray(candidates, np.float32))
+    return {"iou_select_all": float(select_all.mean()), "iou_oracle": float(ious.max(1).mean())}
+
+
 def choose_threshold(
     sims: Sequence[np.ndarray],
     targets: Sequence[np.ndarray],
@@ -483,15 +519,7 @@ def choose_threshold(
         raise ValueError("choose_threshold needs at least one selection")
     valids = valids if valids is not None else [None] * len(sims)
     cand = np.asarray(candidates, dtype=np.float32)
-    ious = np.zeros((len(sims), cand.size))
-    for n, (sim, tgt, val) in enumerate(zip(sims, targets, valids, strict=True)):
-        val = np.ones(sim.shape, bool) if val is None else val.astype(bool)
-        s, t = sim[val], tgt.astype(bool)[val]
-        pred = s[None, :] >= cand[:, None]
-        inter = (pred & t).sum(1)
-        union = (pred | t).sum(1)
-        ious[n] = np.where(union > 0, inter / np.maximum(union, 1), 1.0)
-    mean = ious.mean(0)
+    mean = _iou_per_candidate(sims, targets, valids, cand).mean(0)
     first = int(np.argmax(mean))
     last = first
     while last + 1 < mean.size and mean[last + 1] >= mean[first] - 1e-12:

@@ -273,6 +273,7 @@ def _selection(
     threshold, curve = M.choose_threshold(sims, tgts, vals)
     pick = [list(x[r] for r in test_rows) for x in (patches, matids, queries, valids)]
     res = M.material_selection(pick[0], pick[1], pick[2], threshold, pick[3], cfg.upsample)
+    res.update(M.selection_floors(*M.selection_maps(*pick, cfg.upsample)))
     res["threshold_from"] = source
     res["threshold_val_iou"] = float(curve.max())
     # A few maps for the report: (view index, query pixel, similarity map).

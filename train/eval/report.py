@@ -143,6 +143,11 @@ HEADLINE: list[tuple[str, str, Callable[[dict], object]]] = [
         lambda m: m.get("linear_probe", {}).get("accuracy"),
     ),
     ("sel. IoU", "material selection IoU", lambda m: m.get("selection", {}).get("iou")),
+    (
+        "sel. oracle",
+        "selection IoU at each query's best threshold (upper bound of these features)",
+        lambda m: m.get("selection", {}).get("iou_oracle"),
+    ),
     ("sel. F1", "", lambda m: m.get("selection", {}).get("f1")),
     ("sel. L1", "lower is better", lambda m: m.get("selection", {}).get("l1")),
     (
@@ -170,17 +175,19 @@ def headline_table(models: dict[str, dict]) -> str:
         rows.append(f"| {name} | " + " | ".join(_cell(f(m)) for _, _, f in HEADLINE) + " |")
     if models:
         any_m = next(iter(models.values()))
-        chance = [
-            any_m.get("retrieval", {}).get("chance_recall@1"),
-            None,
-            any_m.get("retrieval_masked", {}).get("chance_recall@1"),
-            None,
-            any_m.get("retrieval_same_colour", {}).get("chance_recall@1"),
-            any_m.get("knn", {}).get("chance"),
-            any_m.get("knn", {}).get("chance"),
-            any_m.get("knn", {}).get("chance"),
-        ] + [None] * (len(HEADLINE) - 8)
-        rows.append("| *chance* | " + " | ".join(_cell(c) for c in chance) + " |")
+        knn_chance = any_m.get("knn", {}).get("chance")
+        floors = {
+            "R@1": any_m.get("retrieval", {}).get("chance_recall@1"),
+            "R@1 mask": any_m.get("retrieval_masked", {}).get("chance_recall@1"),
+            "R@1 same-colour": any_m.get("retrieval_same_colour", {}).get("chance_recall@1"),
+            "k-NN@10": knn_chance,
+            "k-NN@20": knn_chance,
+            "probe": knn_chance,
+            # Selecting every pixel needs no features: the floor of a selection IoU.
+            "sel. IoU": any_m.get("selection", {}).get("iou_select_all"),
+        }
+        chance = [floors.get(h) for h, _, _ in HEADLINE]
+        rows.append("| *chance / select all* | " + " | ".join(_cell(c) for c in chance) + " |")
     return "\n".join(rows)
 
 

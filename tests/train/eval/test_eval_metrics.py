@@ -285,3 +285,16 @@ def test_mask_pool_weights_patches_by_object_cover():
     np.testing.assert_allclose(M.mask_pool(patches, None), pooled[1:].repeat(2, 0), rtol=1e-6)
     with pytest.raises(ValueError, match="patch grid"):
         M.mask_pool(patches, np.ones((2, 7, 7), bool))
+
+
+def test_selection_floors_select_all_and_oracle():
+    target = np.zeros((4, 4), bool)
+    target[:, :2] = True  # half the image
+    sim = np.where(target, 0.8, 0.2).astype(np.float32)  # a perfect map
+    flipped = 1.0 - sim  # the wrong half scores higher: no threshold selects the target
+    floors = M.selection_floors([sim, flipped], [target, target])
+    assert floors["iou_select_all"] == pytest.approx(0.5)
+    # The perfect map reaches IoU 1 at its best threshold; the flipped one at best selects
+    # everything (IoU 0.5).
+    assert floors["iou_oracle"] == pytest.approx(0.75)
+    assert M.selection_floors([], []) == {"iou_select_all": None, "iou_oracle": None}

@@ -58,8 +58,18 @@ def _m(r1, phys, contrast=None):
 
 
 def test_headline_table():
-    table = R.headline_table({"p0": _m(0.6, True), "b": _m(0.4, False)})
-    assert "| p0 | 0.600 |" in table and "| *chance* | 0.050 |" in table and "| - |" in table
+    p0 = _m(0.6, True)
+    p0["selection"] = {"iou": 0.7, "iou_select_all": 0.25, "iou_oracle": 0.9}
+    table = R.headline_table({"p0": p0, "b": _m(0.4, False)})
+    assert "| p0 | 0.600 |" in table and "| - |" in table
+    head, _, p0_row, _, floor = table.splitlines()
+    cols = [c.strip() for c in head.strip("|").split("|")]
+    row = dict(zip(cols, (c.strip() for c in p0_row.strip("|").split("|")), strict=True))
+    assert row["sel. IoU"] == "0.700" and row["sel. oracle"] == "0.900"
+    floors = dict(zip(cols, (c.strip() for c in floor.strip("|").split("|")), strict=True))
+    assert floors["model"] == "*chance / select all*"
+    assert floors["R@1"] == "0.050" and floors["k-NN@10"] == "0.250"
+    assert floors["sel. IoU"] == "0.250" and floors["R@5"] == "-"
 
 
 def test_seed_groups_and_comparison():
