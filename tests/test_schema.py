@@ -222,3 +222,28 @@ def test_stable_label_is_stable_and_64_bit():
 def test_hash_obj_ignores_key_order():
     assert schema.hash_obj({"a": 1, "b": 2}) == schema.hash_obj({"b": 2, "a": 1})
     assert schema.hash_obj({"a": 1}) != schema.hash_obj({"a": 2})
+
+
+def test_hard_negative_group_is_optional_and_checked_when_present():
+    meta = make_meta()
+    assert schema.HARD_NEGATIVE_GROUP not in meta
+    schema.validate_sample(make_sample(meta))  # shards written before the field stay valid
+    meta[schema.HARD_NEGATIVE_GROUP] = "hn-0000-000012"
+    assert schema.validate_sample(make_sample(meta))["hard_negative_group"] == "hn-0000-000012"
+    for bad, words in ((12, "must be str"), ("hn.0000", "not a slug"), ("", "not a slug")):
+        meta[schema.HARD_NEGATIVE_GROUP] = bad
+        with pytest.raises(SchemaError, match=words) as info:
+            schema.validate_meta(meta)
+        assert "hard_negative_group" in str(info.value)
+
+
+def test_index_hard_negative_group_size_is_optional():
+    index = make_index()
+    schema.validate_index(index)
+    index["hard_negative_group_size"] = 4
+    schema.validate_index(index)
+    for bad, words in (("4", "must be int"), (True, "boolean"), (0, ">= 1")):
+        index["hard_negative_group_size"] = bad
+        with pytest.raises(SchemaError, match=words) as info:
+            schema.validate_index(index)
+        assert "hard_negative_group_size" in str(info.value)

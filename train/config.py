@@ -36,6 +36,12 @@ class DataConfig:
     index: str = "auto"
     # False: photometric DINO baseline, both "views" are augmentations of one render.
     physical_augmentation: bool = True
+    # What L_contrast's positives (and KoLeo's exclusions) group by in a physical run:
+    # "material" = every view of a material in the batch (the material labels); "sample" =
+    # only the views of one sample, as in a label-free method (the ablation that separates
+    # what physical views give from what material labels give). The photometric baseline
+    # always groups by render.
+    labels: str = "material"
     batch_size: int = 32  # per rank
     num_workers: int = 2
     shuffle_shards: bool = True
@@ -171,6 +177,7 @@ class TrainConfig:
 
 
 CHOICES = {
+    "data.labels": ("material", "sample"),
     "data.error_policy": ("warn", "raise"),
     "loss.centering": ("centering", "sinkhorn"),
     "loss.ibot_form": ("prototypes", "regression"),

@@ -19,8 +19,9 @@ Pipeline (one logical *stream* per rank x data worker), top to bottom:
 5. two views on different meshes and lights (physical augmentation) or the same render twice
    (photometric baseline), mask-aware multi-crop, jitter, iBOT block masks
    (``train.augment``), collate; label = ``phieat.schema.stable_label(material_id)`` with
-   physical augmentation, or a label of the one render (sample key and view) in the
-   photometric baseline, whose positives must never be two different renders.
+   physical augmentation (or of the sample key with ``data.labels = "sample"``), or a label
+   of the one render (sample key and view) in the photometric baseline, whose positives must
+   never be two different renders.
 
 Each sample's random generator is seeded from (seed, epoch, stream, index in epoch), and every
 batch carries its stream's position, so ``Loader.state_dict()`` resumes exactly: the next
@@ -184,13 +185,17 @@ def choose_views(rng: np.random.Generator, views: list[dict], physical: bool) ->
     return first, int(pool[int(rng.integers(len(pool)))])
 
 
-def sample_label(material_id: str, key: str, pair: tuple[int, int], physical: bool) -> int:
-    """The label L_contrast and KoLeo group by: the material (physical augmentation), or the
-    render itself (photometric baseline: sample key and view), so that when a material returns
-    in another batch as another render, the baseline never treats two renders as positives."""
-    if physical:
-        return schema.stable_label(material_id)
-    return schema.stable_label(f"{key}/view{pair[0]}")
+def sample_label(
+    material_id: str, key: str, pair: tuple[int, int], physical: bool, by: str = "material"
+) -> int:
+    """The label L_contrast and KoLeo group by. Physical augmentation: the material
+    (``by="material"``) or only this sample's views (``by="sample"``, no material labels).
+    Photometric baseline: the render itself (sample key and view), so that when a material
+    returns in another batch as another render, the baseline never treats two renders as
+    positives."""
+    if not physical:
+        return schema.stable_label(f"{key}/view{pair[0]}")
+    return schema.stable_label(material_id if by == "material" else key)
 
 
 def _decode_image(data: bytes, key: str, member: str) -> Image.Image:
@@ -277,7 +282,7 @@ def make_sample(
         lparams.append(params)
     return {
         "key": key,
-        "label": sample_label(material_id, key, pair, data.physical_augmentation),
+        "label": sample_label(material_id, key, pair, data.physical_augmentation, data.labels),
         "global": globals_,
         "global_params": gparams,
         "local": locals_,

@@ -106,6 +106,11 @@ def test_photometric_labels_are_per_render_not_per_material(shard_dir):
         for v in range(4)
     }
     assert len(photo) == 8 and schema.stable_label("oak-1") not in photo
+    by_sample = {
+        sample_label("oak-1", key, (0, 1), physical=True, by="sample")
+        for key in ("oak-1__g0000", "oak-1__g0001")
+    }
+    assert len(by_sample) == 2 and schema.stable_label("oak-1") not in by_sample
     # Through the loader: two epochs of one material-per-sample stream give each (key, view)
     # its own label, and equal labels only ever mean the same render.
     cfg = _cfg(**{"data.physical_augmentation": "false", "data.shuffle_buffer": 1})
