@@ -19,6 +19,13 @@ and single hyphens (no dots, no ``__``), and the group number tells apart severa
 one material. Trainers label samples by ``stable_label(material_id)`` so equal labels mean
 the same material on every rank and shard.
 
+Optional fields, absent from older shards and checked only when present (the schema version
+stays 1): a sample's json may hold ``hard_negative_group``, the id (a slug such as
+``hn-0000-000012``) of a group of samples of different materials rendered on the same mesh
+under the same light and camera, view by view; a group's samples are consecutive in one
+shard (unless the group is longer than a shard). ``index.json`` then holds
+``hard_negative_group_size``, the spec's group size.
+
 This module imports only the standard library: a trainer machine never needs Blender.
 """
 
@@ -80,6 +87,10 @@ INDEX_FIELDS = {
     "categories": list,
     "licences": dict,
 }
+# Optional fields: checked when present, so shards written before them stay valid.
+HARD_NEGATIVE_GROUP = "hard_negative_group"
+SAMPLE_META_OPTIONAL_FIELDS = {HARD_NEGATIVE_GROUP: str}
+INDEX_OPTIONAL_FIELDS = {"hard_negative_group_size": int}
 SHARD_FIELDS = {"name": str, "samples": int, "bytes": int, "sha256": str, "plan_hash": str}
 
 
@@ -200,6 +211,10 @@ def _check_fields(record: Mapping, fields: Mapping[str, Any], where: str) -> Non
             )
 
 
+def _check_optional_fields(record: Mapping, fields: Mapping[str, Any], where: str) -> None:
+    _check_fields(record, {name: kind for name, kind in fields.items() if name in record}, where)
+
+
 def _kind_name(kind: Any) -> str:
     if isinstance(kind, tuple):
         return " or ".join(k.__name__ for k in kind)
@@ -221,6 +236,12 @@ def validate_meta(meta: Mapping, key: str | None = None) -> Mapping:
         raise SchemaError(f"{where} must be a JSON object")
     check_schema_version(meta.get("schema_version"), where)
     _check_fields(meta, SAMPLE_META_FIELDS, where)
+    _check_optional_fields(meta, SAMPLE_META_OPTIONAL_FIELDS, where)
+    if HARD_NEGATIVE_GROUP in meta and not MATERIAL_ID_RE.match(meta[HARD_NEGATIVE_GROUP]):
+        raise SchemaError(
+            f"{where}.{HARD_NEGATIVE_GROUP} {meta[HARD_NEGATIVE_GROUP]!r} is not a slug "
+            "(lowercase letters, digits and single hyphens, e.g. 'hn-0000-000012')"
+        )
     material_id, _ = parse_key(meta["key"])
     if key is not None and meta["key"] != key:
         raise SchemaError(f"{where}: key field {meta['key']!r} does not match the tar key {key!r}")
@@ -289,8 +310,11 @@ def validate_index(index: Mapping, where: str = INDEX_NAME) -> Mapping:
         raise SchemaError(f"{where} must be a JSON object")
     check_schema_version(index.get("schema_version"), where)
     _check_fields(index, INDEX_FIELDS, where)
+    _check_optional_fields(index, INDEX_OPTIONAL_FIELDS, where)
     if index["views_per_sample"] < 2:
         raise SchemaError(f"{where}.views_per_sample must be >= 2")
+    if index.get("hard_negative_group_size", 1) < 1:
+        raise SchemaError(f"{where}.hard_negative_group_size must be >= 1 when present")
     if index["image_format"] not in IMAGE_FORMATS:
         raise SchemaError(
             f"{where}.image_format {index['image_format']!r} is not one of {sorted(IMAGE_FORMATS)}"

@@ -479,6 +479,8 @@ def write_index(
         "spec": spec.render_settings(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    if spec.hard_negatives.group_size:
+        index["hard_negative_group_size"] = spec.hard_negatives.group_size
     validate_index(index)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
     storage.write_json(storage.join(version_url, INDEX_DIR, f"index-{stamp}.json"), index)

@@ -24,6 +24,21 @@ whose ``base_color`` is overridden to match one already there (``colour_match`` 
 entry records the source material and both colours). Specs without scenes plan exactly
 as before.
 
+Hard-negative groups (the spec's ``[hard_negatives] group_size = k``, 0 = off) are drawn per
+generation: its regular samples are bucketed by pool and by how many samples of the same
+material came before (so a bucket holds each material at most once: bucket ``g`` is sample
+``g`` of every fresh material), each bucket is shuffled with its own generator (seed,
+generation, pool, bucket) and cut into groups of ``k`` (the last one may be smaller). A group
+is shuffled into the generation as one unit, so its members are consecutive, and shards are
+packed with whole groups: a shard that has no room for the next group ends early (a group
+longer than ``shard_size`` starts a shard and runs on into the next). Group ``n`` of
+generation ``G`` (numbered in shard order) is ``hn-GGGG-NNNNNN``, stored in each member's
+snapshot record and sample json as ``hard_negative_group``. Its members' views are drawn from
+one generator seeded by the group id: view ``i`` has the same mesh, light, light rotation and
+strength, camera and background for every member; only the material, key and render seed
+(from the member's own generator) differ. The snapshot stores the shard sizes
+(``shard_sizes``). Specs without hard negatives plan exactly as before.
+
     python -m render plan manifests/tiny.toml            # summary of the plan
     python -m render plan manifests/tiny.toml --json     # the full plan, every view job
 """
@@ -31,6 +46,7 @@ as before.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import re
 from dataclasses import dataclass, field
@@ -40,6 +56,7 @@ from typing import Any
 import numpy as np
 
 from phieat.schema import (
+    HARD_NEGATIVE_GROUP,
     IMAGE_FORMATS,
     SCHEMA_VERSION,
     SchemaError,
@@ -60,6 +77,7 @@ REQUIRED_FIELDS = {
 SNAPSHOT_DIR = "plan"
 SCENE_GROUP_BASE = 1000
 SCENE_SALT = 104729
+HARD_NEGATIVE_SALT = 130363
 # Scene objects stand centred at z = 0 and turn only about Z, so two can only meet where their
 # footprints do; the footprint of a box whose largest side is 1 fits in a circle of radius
 # 1 / sqrt(2), whatever its turn.
@@ -246,8 +264,21 @@ def new_generation(
         samples += draw_scenes(spec, materials)
     if not samples:
         return None
-    order = np.random.default_rng([spec.dataset.seed, 7919, generation]).permutation(len(samples))
-    samples = [samples[i] for i in order]
+    group_size = spec.hard_negatives.group_size
+    # Units are shuffled whole: single samples, or hard-negative groups kept together.
+    units = (
+        hard_negative_groups(spec, generation, samples) if group_size else [[s] for s in samples]
+    )
+    order = np.random.default_rng([spec.dataset.seed, 7919, generation]).permutation(len(units))
+    units = [units[i] for i in order]
+    shard_sizes = None
+    if group_size:
+        grouped = [unit for unit in units if "scene" not in unit[0]]
+        for n, unit in enumerate(grouped):
+            for record in unit:
+                record[HARD_NEGATIVE_GROUP] = f"hn-{generation:04d}-{n:06d}"
+        shard_sizes = pack_shards([len(unit) for unit in units], spec.dataset.shard_size)
+    samples = [record for unit in units for record in unit]
     first_shard = sum(snap["num_shards"] for snap in previous)
     used = {s["material"] for s in samples}
     used |= {o["material"] for s in samples for o in s.get("scene", {}).get("objects", [])}
@@ -255,7 +286,7 @@ def new_generation(
     if pool_new:
         pools["new"] = pool_new
     material_entries = [m for m in materials if m["id"] in used]
-    return {
+    snapshot = {
         "generation": generation,
         "first_shard": first_shard,
         "num_shards": -(-len(samples) // spec.dataset.shard_size),
@@ -267,6 +298,62 @@ def new_generation(
         "pools": pools,
         "samples": samples,
     }
+    if shard_sizes is not None:
+        snapshot["num_shards"] = len(shard_sizes)
+        snapshot["shard_sizes"] = shard_sizes
+    return snapshot
+
+
+# ----------------------------------------------------------------------------- hard negatives
+
+
+def hard_negative_groups(spec: Spec, generation: int, samples: list[dict]) -> list[list[dict]]:
+    """``samples`` (snapshot records) as units: groups of ``group_size`` different materials.
+
+    Scene records stay units of one. Regular records are bucketed by pool and by their rank
+    among the same material's records, so no group holds a material twice; each bucket is
+    shuffled by its own generator and cut into groups (the last one may be smaller).
+    """
+    size = spec.hard_negatives.group_size
+    units: list[list[dict]] = []
+    buckets: dict[tuple[str, int], list[dict]] = {}
+    rank: dict[tuple[str, str], int] = {}
+    for record in samples:
+        if "scene" in record:
+            units.append([record])
+            continue
+        seen = (record["pool"], record["material"])
+        buckets.setdefault((record["pool"], rank.get(seen, 0)), []).append(record)
+        rank[seen] = rank.get(seen, 0) + 1
+    for (pool, bucket), records in sorted(buckets.items()):
+        rng = np.random.default_rng(
+            [spec.dataset.seed, HARD_NEGATIVE_SALT, generation, _digest(pool), bucket]
+        )
+        records = [records[i] for i in rng.permutation(len(records))]
+        units += [records[i : i + size] for i in range(0, len(records), size)]
+    return units
+
+
+def pack_shards(unit_sizes: list[int], shard_size: int) -> list[int]:
+    """Sample counts of consecutive shards holding units of ``unit_sizes``, in order.
+
+    A unit never straddles two shards when it fits in one: a shard without room for the next
+    unit ends early. A unit longer than ``shard_size`` starts a new shard and runs on.
+    """
+    sizes: list[int] = []
+    room = 0
+    for n in unit_sizes:
+        if room < n:
+            room = 0  # the unit does not fit the current shard: end it here
+        while n:
+            if room == 0:
+                sizes.append(0)
+                room = shard_size
+            take = min(n, room)
+            sizes[-1] += take
+            room -= take
+            n -= take
+    return sizes
 
 
 # ----------------------------------------------------------------------------- scenes
@@ -322,6 +409,11 @@ def _base_color(entry: dict) -> list[float] | None:
     if isinstance(color, list) and len(color) in (3, 4):
         return [float(c) for c in color[:3]]
     return None
+
+
+def _digest(text: str) -> int:
+    """A stable 64-bit integer of ``text`` (a seed part)."""
+    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "little")
 
 
 def _object_key(obj: dict) -> str:
@@ -542,12 +634,26 @@ def _render_record(spec: Spec) -> dict[str, Any]:
 
 
 def plan_sample(
-    spec: Spec, material: dict, group: int, meshes: list[dict], lights: list[dict]
+    spec: Spec,
+    material: dict,
+    group: int,
+    meshes: list[dict],
+    lights: list[dict],
+    hard_negative_group: str | None = None,
 ) -> dict[str, Any]:
-    """One sample: V view jobs of ``material``, drawn with the sample's own seeded generator."""
+    """One sample: V view jobs of ``material``, drawn with the sample's own seeded generator.
+
+    A member of a hard-negative group draws its views from the group's generator instead, so
+    all members see the same meshes, lights, cameras and backgrounds; its render seeds still
+    come from its own generator.
+    """
     key = make_key(material["id"], group)
-    digest = int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "little")
-    rng = np.random.default_rng([spec.dataset.seed, digest])
+    rng = np.random.default_rng([spec.dataset.seed, _digest(key)])
+    own = rng
+    if hard_negative_group:
+        rng = np.random.default_rng(
+            [spec.dataset.seed, HARD_NEGATIVE_SALT, _digest(hard_negative_group)]
+        )
     views = spec.dataset.views
     mesh_idx = _distinct(rng, len(meshes), views)
     light_idx = _distinct(rng, len(lights), views)
@@ -566,7 +672,16 @@ def plan_sample(
         )
         for v in range(views)
     ]
-    return {"key": key, "material": material, "views": jobs}
+    if not hard_negative_group:
+        return {"key": key, "material": material, "views": jobs}
+    for job in jobs:
+        job["seed"] = int(own.integers(0, 2**31 - 1))
+    return {
+        "key": key,
+        "material": material,
+        "views": jobs,
+        HARD_NEGATIVE_GROUP: hard_negative_group,
+    }
 
 
 def shards_of(spec: Spec, snapshot: dict) -> list[ShardPlan]:
@@ -587,13 +702,22 @@ def shards_of(spec: Spec, snapshot: dict) -> list[ShardPlan]:
         "catalog_hashes": snapshot["catalog_hashes"],
     }
     size = snapshot["shard_size"]
+    # Shards hold shard_size samples each, unless hard-negative groups packed them.
+    sizes = snapshot.get("shard_sizes") or [size] * snapshot["num_shards"]
+    starts = [0, *itertools.accumulate(sizes)]
     shards = []
     for k in range(snapshot["num_shards"]):
-        chunk = snapshot["samples"][k * size : (k + 1) * size]
+        chunk = snapshot["samples"][starts[k] : starts[k + 1]]
         samples = [
             plan_scene(spec, s, materials, *pools[s["pool"]])
             if "scene" in s
-            else plan_sample(spec, materials[s["material"]], s["group"], *pools[s["pool"]])
+            else plan_sample(
+                spec,
+                materials[s["material"]],
+                s["group"],
+                *pools[s["pool"]],
+                s.get(HARD_NEGATIVE_GROUP),
+            )
             for s in chunk
         ]
         index = snapshot["first_shard"] + k

@@ -4,6 +4,17 @@ A spec names the catalogs, the split, views per sample, render settings, camera 
 ranges, shard size, seed and output URL. Every key is checked: an unknown key, a wrong type
 or an out-of-range value is an error that names the file and the key to fix.
 
+Optional tables switch on extra kinds of samples; absent (or zero) they leave the plan and
+its hashes exactly as before:
+
+``[scenes]``
+    material-selection scenes, several objects with different materials in one view (see
+    ``ScenesSection``).
+``[hard_negatives]``
+    ``group_size = 4`` renders the materials in groups of 4 that share, view by view, the
+    same mesh, light, light rotation and strength, camera pose and background, so a
+    contrastive loss must tell them apart by material alone (see ``HardNegativesSection``).
+
     from render.spec import load_spec
     spec = load_spec("manifests/tiny.toml", overrides=["render.samples=4"])
 
@@ -121,6 +132,26 @@ class ScenesSection:
 
 
 @dataclass(frozen=True)
+class HardNegativesSection:
+    """Factor-aware negatives: groups of materials rendered under identical conditions.
+
+    ``group_size = k`` (0, the default, is off) partitions the materials of each generation
+    of the plan, seeded by ``[dataset].seed``, into groups of ``k`` different materials (the
+    last group of a partition may be smaller; a ``k`` above the material count makes one
+    group). For
+    view ``i`` every member of a group gets the same mesh, light, light rotation and
+    strength, camera pose and background; only the material and the render seed differ.
+    With ``samples_per_material`` > 1, each sample number is partitioned anew, so a material
+    meets other negatives in each of its samples. Each sample's json records its group in
+    ``hard_negative_group``; the members of a group are written consecutively, in one shard
+    whenever ``group_size <= [dataset].shard_size`` (a shard then ends early rather than
+    split a group). Selection scenes (``[scenes]``) are never grouped.
+    """
+
+    group_size: int = 0
+
+
+@dataclass(frozen=True)
 class BuildSection:
     """How a build runs. None of these change the pixels, so they are not in the version hash.
 
@@ -153,6 +184,7 @@ class Spec:
     camera: CameraSection = field(default_factory=CameraSection)
     lighting: LightingSection = field(default_factory=LightingSection)
     scenes: ScenesSection = field(default_factory=ScenesSection)
+    hard_negatives: HardNegativesSection = field(default_factory=HardNegativesSection)
     build: BuildSection = field(default_factory=BuildSection)
     path: str = ""
 
@@ -170,6 +202,9 @@ class Spec:
         if not self.scenes.count:
             # Specs without scenes keep the shape (and hashes) they had before scenes existed.
             data.pop("scenes")
+        if not self.hard_negatives.group_size:
+            # Likewise specs without hard-negative groups.
+            data.pop("hard_negatives")
         return data
 
     def render_settings(self) -> dict[str, Any]:
@@ -187,8 +222,9 @@ class Spec:
             "camera": data["camera"],
             "lighting": data["lighting"],
         }
-        if "scenes" in data:
-            settings["scenes"] = data["scenes"]
+        for optional in ("scenes", "hard_negatives"):
+            if optional in data:
+                settings[optional] = data[optional]
         return settings
 
     def spec_hash(self) -> str:
@@ -202,6 +238,7 @@ SECTIONS = {
     "camera": CameraSection,
     "lighting": LightingSection,
     "scenes": ScenesSection,
+    "hard_negatives": HardNegativesSection,
     "build": BuildSection,
 }
 
@@ -398,6 +435,11 @@ def _check(spec: Spec, where: str) -> None:
             "[render].passes",
             'must include "matid" when [scenes].count > 0 (selection is scored on it)',
         )
+    need(
+        spec.hard_negatives.group_size >= 0,
+        "[hard_negatives].group_size",
+        f"must be >= 0 (0 = off, k = groups of k materials), got {spec.hard_negatives.group_size}",
+    )
     need(b.workers >= 0, "[build].workers", "must be >= 0 (0 = one per free core group)")
     need(b.threads_per_worker >= 1, "[build].threads_per_worker", "must be >= 1")
     need(b.gpus_per_worker >= 0, "[build].gpus_per_worker", "must be >= 0")

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from phieat.schema import (
+    HARD_NEGATIVE_GROUP,
     SCHEMA_VERSION,
     canonical_json,
     mask_member,
@@ -202,6 +203,9 @@ def render_shard(
                 if sample.get("scene_materials"):
                     # A selection scene: every material in it, in material-index order.
                     meta["scene_materials"] = [m["id"] for m in sample["scene_materials"]]
+                if sample.get(HARD_NEGATIVE_GROUP):
+                    # Its group: other materials under this sample's exact meshes, lights, cameras.
+                    meta[HARD_NEGATIVE_GROUP] = sample[HARD_NEGATIVE_GROUP]
                 validate_meta(meta, sample["key"])
                 members = []
                 for v, view in enumerate(views):

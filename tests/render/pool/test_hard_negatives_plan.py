@@ -148,6 +148,17 @@ def test_a_grown_catalog_adds_new_groups_and_keeps_old_shards(make_spec, catalog
     assert {s[HARD_NEGATIVE_GROUP] for s in new} == {"hn-0001-000000"}
 
 
+def test_selection_scenes_are_never_grouped(make_spec, ten_materials):
+    spec = make_spec(
+        hard_negatives=HN, scenes={"count": 3}, render={"passes": ["matid"]}, dataset={"views": 2}
+    )
+    samples = [s for _, s in _samples(make_plan(spec, load_catalogs(spec)))]
+    scenes = [s for s in samples if "scene_materials" in s]
+    assert len(scenes) == 3 and all(HARD_NEGATIVE_GROUP not in s for s in scenes)
+    regular = [s for s in samples if "scene_materials" not in s]
+    assert len(regular) == 10 and all(HARD_NEGATIVE_GROUP in s for s in regular)
+
+
 @pytest.mark.parametrize(
     ("table", "message"),
     [
@@ -187,3 +198,6 @@ def test_built_samples_carry_their_group_and_pass_the_shard_contract(make_spec, 
             assert len(seen) == 1
     report = verify_dataset(spec.dataset.output)
     assert report.ok, report.summary()
+    # The stored snapshot (with its shard sizes) plans the same shards again: nothing to do.
+    again = build(spec, local=True, session_factory=pool_fakes.fake_factory, progress=False)
+    assert again.rendered == [] and again.exit_code == 0
