@@ -42,6 +42,10 @@ class DataConfig:
     # what physical views give from what material labels give). The photometric baseline
     # always groups by render.
     labels: str = "material"
+    # Keep each hard-negative group (a dataset rendered with [hard_negatives] group_size = k:
+    # k materials on the identical mesh, light and camera) together through the shuffle, so
+    # L_contrast must tell them apart when shape and light are no help.
+    hard_negative_batches: bool = False
     batch_size: int = 32  # per rank
     num_workers: int = 2
     shuffle_shards: bool = True

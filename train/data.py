@@ -12,7 +12,10 @@ Pipeline (one logical *stream* per rank x data worker), top to bottom:
    Streams never end (epochs follow each other), so uneven shards cannot hang DDP: the
    trainer runs a fixed number of steps.
 3. tar members grouped by key (WebDataset ``tar_file_iterator`` / ``group_by_keys``),
-   sample shuffle buffer (seeded per stream and epoch).
+   sample shuffle buffer (seeded per stream and epoch); with ``data.hard_negative_batches``
+   the buffer shuffles whole hard-negative groups (materials rendered on the identical mesh,
+   light and camera, ``[hard_negatives]`` in the dataset spec), so a batch holds every member
+   of a group, except where a group straddles two batches.
 4. decode only the chosen views' images and masks and the json (never pickle), schema check
    (``phieat.schema.validate_sample``); corrupt samples and shards are counted and skipped
    (``data.error_policy = "warn"``) or raised.
@@ -161,6 +164,29 @@ def _raw_samples(url: str, errors: ErrorCounter) -> Iterator[dict]:
             raise
     finally:
         stream.close()
+
+
+def _hard_negative_group(raw: dict) -> str | None:
+    try:
+        return json.loads(raw["json"]).get(schema.HARD_NEGATIVE_GROUP)
+    except (KeyError, ValueError, AttributeError):
+        return None  # the sample's own decode reports what is wrong with it
+
+
+def _group_units(raws: Iterator[dict]) -> Iterator[list[dict]]:
+    """Consecutive samples of one hard-negative group (the renderer writes a group's members
+    one after another) as one unit; samples without a group are units of one."""
+    unit: list[dict] = []
+    current = None
+    for raw in raws:
+        group = _hard_negative_group(raw)
+        if unit and (group is None or group != current):
+            yield unit
+            unit = []
+        unit.append(raw)
+        current = group
+    if unit:
+        yield unit
 
 
 def choose_views(rng: np.random.Generator, views: list[dict], physical: bool) -> tuple[int, int]:
@@ -368,25 +394,34 @@ class ShardStream(IterableDataset):
     ) -> Iterator[dict]:
         shards, stride, phase = self._epoch_plan(epoch, stream, streams)
         rng = np.random.default_rng(_seed(self.seed, epoch, stream, 0xB0FF))
-        buffer: list[dict] = []
-        size = max(1, self.data.shuffle_buffer)
-        position = 0
-        for url in shards:
-            for raw in _raw_samples(url, errors):
-                position += 1
-                if (position - 1) % stride != phase:
-                    continue
-                if size == 1:
-                    yield raw
-                    continue
-                if len(buffer) < size:
-                    buffer.append(raw)
-                    continue
-                pick = int(rng.integers(len(buffer)))
-                buffer[pick], raw = raw, buffer[pick]
-                yield raw
+
+        def mine() -> Iterator[dict]:
+            position = 0
+            for url in shards:
+                for raw in _raw_samples(url, errors):
+                    position += 1
+                    if (position - 1) % stride == phase:
+                        yield raw
+
+        # The shuffle buffer holds units: single samples, or with data.hard_negative_batches
+        # whole hard-negative groups, which then reach the batch one after another.
+        units = _group_units(mine()) if self.data.hard_negative_batches else ([r] for r in mine())
+        buffer: list[list[dict]] = []
+        held, size = 0, max(1, self.data.shuffle_buffer)
+        for unit in units:
+            if size == 1:
+                yield from unit
+                continue
+            if held < size:
+                buffer.append(unit)
+                held += len(unit)
+                continue
+            pick = int(rng.integers(len(buffer)))
+            buffer[pick], unit = unit, buffer[pick]
+            held += len(buffer[pick]) - len(unit)
+            yield from unit
         while buffer:
-            yield buffer.pop(int(rng.integers(len(buffer))))
+            yield from buffer.pop(int(rng.integers(len(buffer))))
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()

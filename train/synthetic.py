@@ -108,8 +108,12 @@ def write_synthetic_shards(
     seed: int = 0,
     image_format: str = "jpg",
     index: bool = True,
+    hard_negative_group_size: int = 0,
 ) -> list[str]:
-    """Write ``materials x groups`` samples of ``views`` views into shards; returns their paths."""
+    """Write ``materials x groups`` samples of ``views`` views into shards; returns their paths.
+
+    ``hard_negative_group_size`` k > 0 tags every k consecutive samples with one
+    ``hard_negative_group`` id, as a ``[hard_negatives]`` build writes them."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     mats = make_materials(materials, seed)
@@ -173,6 +177,9 @@ def write_synthetic_shards(
                     "catalog_snapshot": {},
                     "plan_hash": "synthetic",
                 }
+                if hard_negative_group_size > 0:
+                    number = samples.index((m, material, group)) // hard_negative_group_size
+                    meta[schema.HARD_NEGATIVE_GROUP] = f"hn-0000-{number:06d}"
                 _add(tar, f"{key}.json", json.dumps(meta).encode("utf-8"))
         os.replace(tmp, out / name)
         data = (out / name).read_bytes()

@@ -15,7 +15,7 @@ from phieat import schema
 from train import augment
 from train.config import load_config
 from train.data import DataError, Loader, ShardStream, choose_views, expand_urls, read_index
-from train.synthetic import write_synthetic_shards
+from train.synthetic import make_materials, write_synthetic_shards
 
 
 def _cfg(**over):
@@ -123,6 +123,22 @@ def test_photometric_labels_are_per_render_not_per_material(shard_dir):
             assert seen.setdefault(label, (key, view)) == (key, view)
     materials = {schema.parse_key(k)[0] for k, _ in seen.values()}
     assert len(seen) > len(materials)  # some material came back as another render
+
+
+def test_hard_negative_groups_stay_together_through_the_shuffle(tmp_path):
+    """With data.hard_negative_batches the shuffle moves whole groups: each batch of 4 holds
+    one complete group of 4 materials; without it the groups are scattered."""
+    write_synthetic_shards(tmp_path, materials=16, per_shard=4, hard_negative_group_size=4)
+    shards = expand_urls(str(tmp_path))
+
+    def groups_per_batch(on: bool) -> list[set[str]]:
+        cfg = _cfg(**{"data.hard_negative_batches": str(on).lower(), "data.shuffle_buffer": 8})
+        loader = Loader(shards, cfg.data, cfg.crops, 8, seed=0)
+        members = {schema.make_key(m["id"], 0): i // 4 for i, m in enumerate(make_materials(16, 0))}
+        return [{members[k] for k in b["keys"]} for b in _batches(loader, 8)]
+
+    assert all(len(g) == 1 for g in groups_per_batch(True))
+    assert any(len(g) > 1 for g in groups_per_batch(False))
 
 
 def test_streams_split_samples_across_ranks_and_workers(shard_dir):
