@@ -260,7 +260,7 @@ def run(args: argparse.Namespace) -> int:
     _write_json(out / "models.json", names + [n for n in previous if n not in names])
     models = {n: json.loads((out / n / "metrics.json").read_text()) for n in names}
     print(eval_report.headline_table(models))
-    for line in eval_report.comparison_lines(models):
+    for line in eval_report.comparison_lines(models) + eval_report.baseline_lines(models):
         print(line)
     if not args.no_report:
         path = eval_report.write_report(out)

@@ -234,6 +234,11 @@ def _contrast_on(m: dict) -> bool | None:
     return None if weight is None else float(weight) > 0
 
 
+def _labels_of(m: dict) -> str | None:
+    """What a trained model's L_contrast positives grouped by (``data.labels``), if recorded."""
+    return ((m.get("model", {}).get("config") or {}).get("data") or {}).get("labels")
+
+
 # Secondary metrics in the comparison lines: (column of HEADLINE, +1 if higher is better).
 SECONDARY = (("R@5", 1), ("mAP", 1), ("R@1 mask", 1), ("intra/inter", -1))
 
@@ -298,11 +303,14 @@ def comparison_lines(models: dict[str, dict]) -> list[str]:
     """Each physically augmented group against each photometric group (by the
     ``physical_augmentation`` flag their checkpoints carry), then each physical group with
     L_contrast against each physical group trained without it (``loss.contrast_weight`` 0
-    in the recorded config): the difference of mean R@1, and whether it exceeds the
+    in the recorded config), then physical groups whose L_contrast used the material labels
+    against those that used one sample's views only (``data.labels``): the difference of
+    mean R@1, and whether it exceeds the
     seed-to-seed spread (max - min within either group); then the same for R@5, mAP and the
     intra/inter distance ratio, where both sides have them."""
     kinds: dict[bool, dict[str, dict[str, np.ndarray]]] = {True: {}, False: {}}
     contrast: dict[bool, dict[str, dict[str, np.ndarray]]] = {True: {}, False: {}}
+    labels: dict[str, dict[str, dict[str, np.ndarray]]] = {}
     for group, names in seed_groups(models).items():
         flags = {models[n].get("model", {}).get("physical_augmentation") for n in names}
         vals = [_r1(models[n]) for n in names]
@@ -317,7 +325,11 @@ def comparison_lines(models: dict[str, dict]) -> list[str]:
         kinds[physical][group] = metrics
         uses = {_contrast_on(models[n]) for n in names}
         if physical and len(uses) == 1 and None not in uses:
-            contrast[uses.pop()][group] = kinds[physical][group]
+            on = uses.pop()
+            contrast[on][group] = kinds[physical][group]
+            by = {_labels_of(models[n]) for n in names}
+            if on and len(by) == 1 and None not in by:
+                labels.setdefault(by.pop(), {})[group] = kinds[physical][group]
     lines = [
         _gap_line(p_name, phys, "physical", q_name, photo, "photometric")
         for p_name, phys in kinds[True].items()
@@ -330,7 +342,32 @@ def comparison_lines(models: dict[str, dict]) -> list[str]:
         for c_name, with_c in contrast[True].items()
         for n_name, without in contrast[False].items()
     ]
+    lines += [
+        _gap_line(
+            m_name, with_m, "physical, material labels", s_name, without, "physical, no labels"
+        )
+        for m_name, with_m in labels.get("material", {}).items()
+        for s_name, without in labels.get("sample", {}).items()
+    ]
     return lines
+
+
+def baseline_lines(models: dict[str, dict]) -> list[str]:
+    """Each trained group's mean R@1 as a multiple of each untrained baseline's (models whose
+    ``physical_augmentation`` is not recorded: pixel statistics, a random-init network)."""
+    trained, baselines = {}, {}
+    for group, names in seed_groups(models).items():
+        vals = [_r1(models[n]) for n in names]
+        if None in vals:
+            continue
+        flags = {models[n].get("model", {}).get("physical_augmentation") for n in names}
+        (baselines if flags == {None} else trained)[group] = float(np.mean(vals))
+    return [
+        f"- **{t_name}** mean R@1 {t_r1:.3f} = {t_r1 / b_r1:.2f}x **{b_name}** ({b_r1:.3f})"
+        for t_name, t_r1 in trained.items()
+        for b_name, b_r1 in baselines.items()
+        if b_r1 > 0
+    ]
 
 
 def _model_line(name: str, m: dict) -> str:
@@ -382,6 +419,9 @@ def write_report(out_dir: str | Path) -> Path:
     comp = comparison_lines(models)
     if comp:
         lines += ["## Physical vs photometric, and what L_contrast adds", "", *comp, ""]
+    base = baseline_lines(models)
+    if base:
+        lines += ["## Against the untrained baselines", "", *base, ""]
     seeds = seed_table(models)
     if seeds:
         lines += ["## Seeds", "", "Mean ± half the spread (max - min) over seeds.", "", seeds, ""]

@@ -129,6 +129,34 @@ def test_contrast_ablation_lines():
     assert len(R.comparison_lines(models)) == 2
 
 
+def test_material_labels_ablation_and_baseline_lines():
+    def m(r1, phys, labels, contrast=1.0):
+        out = _m(r1, phys, contrast)
+        if labels is not None:
+            out["model"]["config"]["data"] = {"labels": labels}
+        return out
+
+    models = {
+        "physical-s0": m(0.60, True, "material"),
+        "physical-s1": m(0.62, True, "material"),
+        "physical-nolabels-s0": m(0.50, True, "sample"),
+        "physical-nolabels-s1": m(0.54, True, "sample"),
+        "photometric-s0": m(0.30, False, "material"),
+        "photometric-s1": m(0.31, False, "material"),
+        "pixel-stats": _m(0.20, None),
+    }
+    lines = R.comparison_lines(models)
+    assert len(lines) == 3  # two physical groups x photometric, then material vs sample labels
+    assert "**physical** (physical, material labels" in lines[2]
+    assert "**physical-nolabels** (physical, no labels" in lines[2] and "+0.090" in lines[2]
+    base = R.baseline_lines(models)
+    assert base[0] == "- **physical** mean R@1 0.610 = 3.05x **pixel-stats** (0.200)"
+    assert len(base) == 3  # every trained group against the one baseline
+    # Without a recorded data.labels the labels comparison is never guessed.
+    models["physical-nolabels-s1"] = m(0.54, True, None)
+    assert len(R.comparison_lines(models)) == 2
+
+
 def test_comparison_lines_report_secondary_metrics():
     def m(r1, r5, ratio, phys):
         out = _m(r1, phys)
