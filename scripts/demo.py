@@ -73,34 +73,56 @@ def build(spec: str, output: Path, log: Path, preview: Path | None = None) -> Pa
     return _resolve(output)
 
 
-def stage_render(out: Path, quick: bool) -> dict[str, Path]:
+def stage_render(out: Path, quick: bool, models: list[str]) -> dict[str, Path]:
     """tiny.toml first (seconds: the shard contract end to end, with a contact sheet), then
-    the demo's training, val and held-out eval sets."""
+    the demo's training, val and held-out eval sets, and the hard-negative training set when
+    a chosen model trains on it."""
     log = out / "logs" / "render.log"
     dirs = {"tiny": build("manifests/tiny.toml", out / "tiny", log, out / "tiny-preview.png")}
     if quick:
         return dirs
-    for role, name in DATASETS.items():
-        preview = out / "demo" / f"{name}-preview.png" if role != "val" else None
+    roles = dict(DATASETS)
+    for model in models:
+        role = MODELS[model][0]
+        roles.setdefault(role, EXTRA_DATASETS[role])
+    for role, name in roles.items():
+        preview = out / "demo" / f"{name}-preview.png" if role in ("train", "eval") else None
         dirs[role] = build(f"manifests/{name}.toml", out / "demo" / "data" / name, log, preview)
     return dirs
 
 
-# The models the demo trains, all on the same shards, crops, steps and seed: physical
-# augmentation, the photometric baseline, and the ablation physical without L_contrast (what
-# the physical views give without material labels). name -> trainer overrides.
+# The models the demo trains, all with the same losses, crops, steps and seed: name ->
+# (training set, trainer overrides). physical: two renders of a material on other meshes and
+# lights, L_contrast over the material labels. photometric: the DINO baseline, two
+# augmentations of one render (its L_contrast positives are crops of that render).
+# physical-nolabels: physical views, L_contrast positives only within one sample (no material
+# labels: what the physical views give by themselves). physical-nocontrast: physical views,
+# no L_contrast. physical-hardneg: physical, on a training set rendered in groups of 4
+# materials sharing mesh, light and camera, whole groups per batch (hard negatives).
 MODELS = {
-    "physical": ["data.physical_augmentation=true"],
-    "photometric": ["data.physical_augmentation=false"],
-    "physical-nocontrast": ["data.physical_augmentation=true", "loss.contrast_weight=0"],
+    "physical": ("train", ["data.physical_augmentation=true"]),
+    "photometric": ("train", ["data.physical_augmentation=false"]),
+    "physical-nolabels": ("train", ["data.physical_augmentation=true", "data.labels=sample"]),
+    "physical-nocontrast": (
+        "train",
+        ["data.physical_augmentation=true", "loss.contrast_weight=0"],
+    ),
+    "physical-hardneg": (
+        "train-hardneg",
+        ["data.physical_augmentation=true", "data.hard_negative_batches=true"],
+    ),
 }
+DEFAULT_MODELS = ["physical", "photometric", "physical-nolabels", "physical-nocontrast"]
+# Training sets only some models need: role -> spec name.
+EXTRA_DATASETS = {"train-hardneg": "loop-train-hardneg"}
 
 
 def stage_train(
-    out: Path, data: Path, seeds: list[int], steps: int | None, models: list[str]
+    out: Path, data: dict[str, Path], seeds: list[int], steps: int | None, models: list[str]
 ) -> dict[str, Path]:
     runs = {}
     for model in models:
+        role, overrides = MODELS[model]
         for seed in seeds:
             name = model + (f"-s{seed}" if len(seeds) > 1 else "")
             out_dir = out / "demo" / "train" / name
@@ -110,10 +132,10 @@ def stage_train(
                 "train",
                 "--config",
                 "tiny-cpu",
-                f"data.urls={data}",
+                f"data.urls={data[role]}",
                 f"out_dir={out_dir}",
                 f"seed={seed}",
-                *MODELS[model],
+                *overrides,
                 # Same steps for every model, however busy the machine: no wall-clock cap.
                 "max_minutes=0",
             ]
@@ -139,8 +161,12 @@ def stage_eval(out: Path, data: dict[str, Path], runs: dict[str, Path]) -> Path:
         str(data["eval"]),
         "--val-data",
         str(data["val"]),
-        "--train-index",
-        str(data["train"] / "index.json"),
+        *[
+            arg
+            for role in data
+            if role.startswith("train")
+            for arg in ("--train-index", str(data[role] / "index.json"))
+        ],
         "--matid-ignore",
         "0",
         "--out",
@@ -178,9 +204,9 @@ def main(argv: list[str] | None = None) -> int:
         "--models",
         nargs="+",
         choices=list(MODELS),
-        default=list(MODELS),
-        help="models to train (default: all three; the ablation physical-nocontrast can be "
-        "dropped to save a third of the training time)",
+        default=DEFAULT_MODELS,
+        help=f"models to train (default: {' '.join(DEFAULT_MODELS)}; physical-hardneg also "
+        "renders its own training set)",
     )
     args = parser.parse_args(argv)
     out = Path(args.out).resolve()
@@ -188,13 +214,13 @@ def main(argv: list[str] | None = None) -> int:
 
     times: dict[str, float] = {}
     start = time.perf_counter()
-    data = stage_render(out, args.quick)
+    data = stage_render(out, args.quick, args.models)
     times["render"] = time.perf_counter() - start
     if args.quick:
         print(f"\nshards: {data['tiny']}\npreview: {out / 'tiny-preview.png'}")
         return 0
     start = time.perf_counter()
-    runs = stage_train(out, data["train"], args.seeds, args.steps, args.models)
+    runs = stage_train(out, data, args.seeds, args.steps, args.models)
     times["train"] = time.perf_counter() - start
     start = time.perf_counter()
     eval_dir = stage_eval(out, data, runs)
