@@ -283,6 +283,14 @@ def _check(cfg: TrainConfig) -> None:
         raise ConfigError("crops.global_per_view must be >= 1")
     if cfg.optim.steps < 1:
         raise ConfigError("optim.steps must be >= 1")
+    if cfg.loss.gram_weight > 0 and not cfg.model.pretrained and cfg.loss.gram_start_step <= 0:
+        raise ConfigError(
+            f"loss.gram_start_step = {cfg.loss.gram_start_step} with loss.gram_weight > 0 and no "
+            "model.pretrained: the Gram teacher would be a copy of the randomly initialised "
+            "network, anchoring the student to noise. Set loss.gram_start_step to the step from "
+            "which the EMA teacher is worth anchoring to (e.g. 1000), or set "
+            "model.pretrained=<backbone checkpoint>, or loss.gram_weight=0"
+        )
 
 
 def resolve_config_path(name: str) -> Path:

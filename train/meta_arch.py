@@ -5,7 +5,9 @@
 weighted sum). The student is a single module whose one ``forward`` call runs the backbone on
 global and local crops and every head, so DDP or FSDP2 can wrap it from outside (pass the
 wrapped module as ``student``). Batches are crop-major: crop ``c`` of sample ``b`` is row
-``c * B + b``; global crops come first in every per-crop tensor.
+``c * B + b``; global crops come first in every per-crop tensor. Under torchrun each loss term
+is ``W`` x this rank's share of the global loss, or per rank by design (KoLeo): see each
+loss's docstring and ``train.losses.distributed``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from train.losses import (
     KoLeoLoss,
     sinkhorn_knopp,
 )
+from train.losses.distributed import upcast
 from train.models import DINOHead, Predictor, ProjectionHead, build_backbone, model_kwargs
 from train.models.pretrained import load_pretrained_backbone
 
@@ -204,7 +207,7 @@ class MetaArch(nn.Module):
             return sinkhorn_knopp(
                 logits.reshape(-1, logits.shape[-1]), temp, self.cfg.loss.sinkhorn_iters
             ).reshape(logits.shape)
-        return torch.softmax((logits.float() - loss_module.center) / temp, dim=-1)
+        return torch.softmax((upcast(logits) - loss_module.center) / temp, dim=-1)
 
     def forward(
         self, batch: dict, teacher_temp: float, step: int, student: nn.Module | None = None
@@ -226,7 +229,7 @@ class MetaArch(nn.Module):
         stats: dict[str, float] = {}
 
         if cfg.dino_weight > 0:
-            t_logits = t_out["dino_logits"].float().reshape(n_global, n_batch, -1)
+            t_logits = upcast(t_out["dino_logits"]).reshape(n_global, n_batch, -1)
             probs = self._probs(t_logits, teacher_temp, self.dino_loss)
             s_logits = s_out["dino_logits"].reshape(n_global + n_local, n_batch, -1)
             losses["dino"] = self.dino_loss(s_logits, probs)
@@ -240,7 +243,7 @@ class MetaArch(nn.Module):
             if regression:
                 losses["ibot"] = self.ibot_loss.regression(s_out["ibot_out"], t_out["ibot_target"])
             else:
-                t_patch = t_out["ibot_target"].float()
+                t_patch = upcast(t_out["ibot_target"])
                 probs = self._probs(t_patch, teacher_temp, self.ibot_loss)
                 losses["ibot"] = self.ibot_loss(
                     s_out["ibot_out"], probs, image_index, flat.shape[0]

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from train.config import ConfigError, load_config
 from train.losses import (
     ContrastLoss,
     DINOClsTokenLoss,
@@ -186,3 +187,49 @@ def test_contrast_without_positives_is_zero_not_nan():
     loss = ContrastLoss()(z2, torch.tensor([0, 0, 1, 2, 3]))
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(z2.grad).all()
+
+
+def test_sinkhorn_accepts_zero_rows():
+    # A rank (or a step) whose images have no masked patch gives iBOT Sinkhorn no rows.
+    q = sinkhorn_knopp(torch.zeros(0, 5), temp=0.1)
+    assert q.shape == (0, 5)
+
+
+def test_ibot_centre_unchanged_without_masked_patch():
+    loss_fn = IBOTPatchLoss(4, center_momentum=0.9)
+    loss_fn.center.copy_(torch.tensor([[1.0, -2.0, 3.0, 0.5]]))
+    before = loss_fn.center.clone()
+    loss_fn.update_center(torch.zeros(0, 4))
+    assert torch.equal(loss_fn.center, before)  # an empty mean is no evidence of a 0 centre
+    logits = torch.randn(3, 4, generator=_gen(7))
+    loss_fn.update_center(logits)
+    assert torch.allclose(loss_fn.center, 0.9 * before + 0.1 * logits.mean(0, keepdim=True))
+
+
+def test_losses_keep_fp64():
+    # The world-size tests compare in fp64: no loss may round its inputs to fp32 on the way.
+    g = _gen(8)
+    dino = DINOClsTokenLoss(4)
+    probs = dino.teacher_probs(torch.randn(2, 3, 4, generator=g, dtype=torch.float64), 0.1)
+    values = [
+        dino(torch.randn(3, 3, 4, generator=g, dtype=torch.float64), probs),
+        sinkhorn_knopp(torch.randn(3, 4, generator=g, dtype=torch.float64), 0.1),
+        IBOTPatchLoss(4)(probs[0], probs[1], torch.tensor([0, 0, 1]), 2),
+        IBOTPatchLoss(4).regression(probs[0], probs[1]),
+        KoLeoLoss()(probs[0]),
+        GramLoss()(probs, probs.flip(0)),
+        ContrastLoss()(probs[0], torch.tensor([0, 0, 1])),
+    ]
+    assert [v.dtype for v in values] == [torch.float64] * len(values)
+
+
+@pytest.mark.parametrize("pretrained", ["", "weights/backbone.pt"], ids=["scratch", "pretrained"])
+def test_gram_from_a_random_network_is_refused(pretrained):
+    overrides = ["loss.gram_weight=0.5", "loss.gram_start_step=0", f"model.pretrained={pretrained}"]
+    if pretrained:  # the loaded backbone is the Gram teacher from step 0: nothing to refuse
+        assert load_config("tiny-cpu", overrides).loss.gram_start_step == 0
+        return
+    with pytest.raises(ConfigError, match=r"loss.gram_start_step = 0 .*Set loss.gram_start_step"):
+        load_config("tiny-cpu", overrides)
+    assert load_config("tiny-cpu", overrides[:1] + ["loss.gram_start_step=1"])  # 1 step is allowed
+    assert load_config("tiny-cpu", ["loss.gram_weight=0", "loss.gram_start_step=0"])  # Gram off

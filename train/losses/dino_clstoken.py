@@ -6,8 +6,15 @@ For teacher global crops t and student crops s (all crops except the identical g
     p_s = softmax(student_logits_s / tau_s),   q_t = softmax((teacher_logits_t - c) / tau_t)
 
 with the centre ``c`` an EMA of the teacher logits' batch mean (momentum 0.9), or ``q`` from
-Sinkhorn-Knopp (3 iterations, batch statistics gathered over all ranks). Shapes:
-student ``[S, B, K]`` (S = globals + locals, globals first), teacher probabilities ``[G, B, K]``.
+Sinkhorn-Knopp (3 iterations). Shapes: student ``[S, B, K]`` (S = globals + locals, globals
+first), teacher probabilities ``[G, B, K]``.
+
+Per rank and global (``train.losses.distributed``): everything is global. ``B`` is the global
+batch: a rank returns its samples' sum divided by ``B_global / W``, so the rank mean is the
+global loss. The centre's batch mean is all-reduced (sum and count), so every rank holds the
+same centre; Sinkhorn-Knopp normalises over the global batch (its maximum, total, prototype
+sums and sample count are all-reduced), so a sample's target does not depend on how the batch
+is split over ranks, and a rank may hold no rows at all.
 """
 
 from __future__ import annotations
@@ -17,27 +24,31 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-
-def _dist_on() -> bool:
-    return dist.is_available() and dist.is_initialized()
+from train.losses.distributed import all_reduce, dist_on, share_divisor, upcast
 
 
 @torch.no_grad()
 def sinkhorn_knopp(logits: torch.Tensor, temp: float, iters: int = 3) -> torch.Tensor:
-    """Doubly-normalised soft assignment ``[N, K]`` (rows sum to 1) over the global batch."""
-    q = torch.exp((logits.float() - logits.float().max()) / temp).t()  # [K, N]
-    n = torch.tensor(q.shape[1], device=q.device, dtype=q.dtype)
-    if _dist_on():
-        dist.all_reduce(n)
+    """Doubly-normalised soft assignment ``[N, K]`` (rows sum to 1) over the global batch.
+
+    One constant (the maximum over every rank's logits) is subtracted before ``exp``: a
+    per-rank constant would scale each rank's columns differently before the prototype sums
+    are all-reduced. ``N`` may be 0 on a rank (no masked patch); ``[0, K]`` comes back.
+    """
+    logits = upcast(logits)
+    if logits.shape[0] > 0:
+        top = logits.max().reshape(1)
+    else:
+        top = torch.full((1,), float("-inf"), dtype=logits.dtype, device=logits.device)
+    all_reduce(top, op=dist.ReduceOp.MAX)
+    n = torch.tensor(logits.shape[0], device=logits.device, dtype=logits.dtype)
+    all_reduce(n)
+    q = torch.exp((logits - top) / temp).t()  # [K, N]
     k = q.shape[0]
-    total = q.sum()
-    if _dist_on():
-        dist.all_reduce(total)
+    total = all_reduce(q.sum())
     q /= total
     for _ in range(iters):
-        rows = q.sum(dim=1, keepdim=True)
-        if _dist_on():
-            dist.all_reduce(rows)
+        rows = all_reduce(q.sum(dim=1, keepdim=True))
         q /= rows
         q /= k
         q /= q.sum(dim=0, keepdim=True)
@@ -64,7 +75,7 @@ class DINOClsTokenLoss(nn.Module):
         iters: int = 3,
     ) -> torch.Tensor:
         """``[..., K]`` teacher logits -> probabilities (centering uses the current centre)."""
-        flat = teacher_logits.float().reshape(-1, teacher_logits.shape[-1])
+        flat = upcast(teacher_logits).reshape(-1, teacher_logits.shape[-1])
         if mode == "sinkhorn":
             probs = sinkhorn_knopp(flat, teacher_temp, iters)
         else:
@@ -73,20 +84,24 @@ class DINOClsTokenLoss(nn.Module):
 
     @torch.no_grad()
     def update_center(self, teacher_logits: torch.Tensor) -> None:
-        flat = teacher_logits.float().reshape(-1, teacher_logits.shape[-1])
-        total = flat.sum(dim=0, keepdim=True)
-        count = torch.tensor(float(flat.shape[0]), device=flat.device)
-        if _dist_on():
-            dist.all_reduce(total)
-            dist.all_reduce(count)
+        """EMA of the teacher logits' mean over the global batch (same centre on every rank)."""
+        flat = upcast(teacher_logits).reshape(-1, teacher_logits.shape[-1])
+        total = all_reduce(flat.sum(dim=0, keepdim=True))
+        count = all_reduce(torch.tensor(float(flat.shape[0]), device=flat.device))
         self.center.mul_(self.center_momentum).add_(total / count, alpha=1 - self.center_momentum)
 
     def forward(self, student_logits: torch.Tensor, teacher_probs: torch.Tensor) -> torch.Tensor:
-        """student ``[S, B, K]`` logits, teacher ``[G, B, K]`` probabilities -> scalar loss."""
-        log_p = F.log_softmax(student_logits.float() / self.student_temp, dim=-1)
+        """student ``[S, B, K]`` logits, teacher ``[G, B, K]`` probabilities -> scalar loss
+        (on ``W`` ranks: ``W`` x this rank's share of the global loss)."""
+        log_p = F.log_softmax(upcast(student_logits) / self.student_temp, dim=-1)
         n_global = teacher_probs.shape[0]
+        batch = student_logits.shape[1]
+        if dist_on():  # B_global / W: this rank's sum over samples -> W x its share
+            batch = share_divisor(
+                torch.tensor(float(batch), device=log_p.device, dtype=log_p.dtype)
+            )
         # [G, S]: cross-entropy of every (teacher crop, student crop) pair, batch-averaged.
-        ce = -torch.einsum("tbk,sbk->ts", teacher_probs.float(), log_p) / student_logits.shape[1]
+        ce = -torch.einsum("tbk,sbk->ts", upcast(teacher_probs), log_p) / batch
         keep = torch.ones_like(ce, dtype=torch.bool)
         idx = torch.arange(min(n_global, student_logits.shape[0]), device=ce.device)
         keep[idx, idx] = False

@@ -5,7 +5,15 @@
 on L2-normalised features, where ``N(i)`` excludes ``i`` itself and every sample with the same
 material label (so two views of one material are never pushed apart), and ``A`` is the set of
 anchors that have at least one such neighbour. With no valid anchor (batch of 1, or one
-material) the loss is 0, never NaN. Computed in fp32 with autocast off.
+material) the loss is 0, never NaN. Computed in fp32 (fp64 stays fp64) with autocast off.
+
+Per rank by design, as in DINOv2: the nearest neighbour is searched within this rank's batch
+only, and ``A`` and the mean are this rank's. Under DDP/FSDP2 (gradients averaged over ranks)
+the objective is therefore the mean over ranks of each rank's KoLeo, ``1/W sum_r L(x_r)``, not
+``L`` of the global batch: it depends on the per-rank batch size (nearest neighbours among
+``B`` samples are farther apart than among ``W * B``), so changing the number of GPUs at a
+fixed global batch changes this term, and its weight is tuned for a per-rank batch. No
+collective, no cost. The world-size tests assert exactly this difference.
 """
 
 from __future__ import annotations
@@ -14,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from train.losses.distributed import upcast
+
 
 class KoLeoLoss(nn.Module):
     def __init__(self, eps: float = 1e-8) -> None:
@@ -21,9 +31,9 @@ class KoLeoLoss(nn.Module):
         self.eps = eps
 
     def forward(self, features: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """``features[B, D]``, optional ``labels[B]`` int64 -> scalar loss."""
+        """``features[B, D]`` of this rank, optional ``labels[B]`` int64 -> scalar loss."""
         with torch.autocast(device_type=features.device.type, enabled=False):
-            x = F.normalize(features.float(), dim=-1, eps=1e-8)
+            x = F.normalize(upcast(features), dim=-1, eps=1e-8)
             n = x.shape[0]
             invalid = torch.eye(n, dtype=torch.bool, device=x.device)
             if labels is not None:
