@@ -91,28 +91,32 @@ def stage_render(out: Path, quick: bool, models: list[str]) -> dict[str, Path]:
     return dirs
 
 
-# The models the demo trains, all with the same losses, crops, steps and seed: name ->
-# (training set, trainer overrides). physical: two renders of a material on other meshes and
-# lights, L_contrast over the material labels. photometric: the DINO baseline, two
-# augmentations of one render (its L_contrast positives are crops of that render).
-# physical-nolabels: physical views, L_contrast positives only within one sample (no material
-# labels: what the physical views give by themselves). physical-nocontrast: physical views,
-# no L_contrast. physical-hardneg: physical, on a training set rendered in groups of 4
-# materials sharing mesh, light and camera, whole groups per batch (hard negatives).
+# The models the demo trains, all with the same crops, steps and seed: name -> (training set,
+# trainer overrides). A 2 x 2 design, views x L_contrast: physical (two renders of a material
+# on other meshes and lights) or photometric (the DINO baseline: two augmentations of one
+# render), each with and without L_contrast. The demo's sets hold one sample per material, so
+# a physical run's L_contrast positives are the views of one sample: no material label adds
+# anything the views do not already say (data.labels=sample trains the identical model), and
+# the photometric run's positives are crops of one render. physical-hardneg (not run by
+# default): physical, on a training set rendered in groups of 4 materials sharing mesh, light
+# and camera, whole groups per batch (hard negatives).
 MODELS = {
     "physical": ("train", ["data.physical_augmentation=true"]),
     "photometric": ("train", ["data.physical_augmentation=false"]),
-    "physical-nolabels": ("train", ["data.physical_augmentation=true", "data.labels=sample"]),
     "physical-nocontrast": (
         "train",
         ["data.physical_augmentation=true", "loss.contrast_weight=0"],
+    ),
+    "photometric-nocontrast": (
+        "train",
+        ["data.physical_augmentation=false", "loss.contrast_weight=0"],
     ),
     "physical-hardneg": (
         "train-hardneg",
         ["data.physical_augmentation=true", "data.hard_negative_batches=true"],
     ),
 }
-DEFAULT_MODELS = ["physical", "photometric", "physical-nolabels", "physical-nocontrast"]
+DEFAULT_MODELS = ["physical", "photometric", "physical-nocontrast", "photometric-nocontrast"]
 # Training sets only some models need: role -> spec name.
 EXTRA_DATASETS = {"train-hardneg": "loop-train-hardneg"}
 

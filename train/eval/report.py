@@ -301,7 +301,8 @@ def _gap_line(
 
 def comparison_lines(models: dict[str, dict]) -> list[str]:
     """Each physically augmented group against each photometric group (by the
-    ``physical_augmentation`` flag their checkpoints carry), then each physical group with
+    ``physical_augmentation`` flag their checkpoints carry) trained with the same L_contrast
+    setting (on or off, where recorded), then each physical group with
     L_contrast against each physical group trained without it (``loss.contrast_weight`` 0
     in the recorded config), then physical groups whose L_contrast used the material labels
     against those that used one sample's views only (``data.labels``): the difference of
@@ -311,6 +312,7 @@ def comparison_lines(models: dict[str, dict]) -> list[str]:
     kinds: dict[bool, dict[str, dict[str, np.ndarray]]] = {True: {}, False: {}}
     contrast: dict[bool, dict[str, dict[str, np.ndarray]]] = {True: {}, False: {}}
     labels: dict[str, dict[str, dict[str, np.ndarray]]] = {}
+    uses_contrast: dict[str, bool | None] = {}
     for group, names in seed_groups(models).items():
         flags = {models[n].get("model", {}).get("physical_augmentation") for n in names}
         vals = [_r1(models[n]) for n in names]
@@ -324,16 +326,20 @@ def comparison_lines(models: dict[str, dict]) -> list[str]:
                 metrics[key] = np.array(other, float)
         kinds[physical][group] = metrics
         uses = {_contrast_on(models[n]) for n in names}
-        if physical and len(uses) == 1 and None not in uses:
-            on = uses.pop()
+        uses_contrast[group] = uses.pop() if len(uses) == 1 else None
+        if physical and uses_contrast[group] is not None:
+            on = uses_contrast[group]
             contrast[on][group] = kinds[physical][group]
             by = {_labels_of(models[n]) for n in names}
             if on and len(by) == 1 and None not in by:
                 labels.setdefault(by.pop(), {})[group] = kinds[physical][group]
+    # Physical vs photometric only where both used the same losses (L_contrast on or off,
+    # when recorded): the comparison is then about the views alone.
     lines = [
         _gap_line(p_name, phys, "physical", q_name, photo, "photometric")
         for p_name, phys in kinds[True].items()
         for q_name, photo in kinds[False].items()
+        if uses_contrast.get(p_name) == uses_contrast.get(q_name)
     ]
     lines += [
         _gap_line(

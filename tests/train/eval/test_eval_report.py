@@ -118,15 +118,25 @@ def test_contrast_ablation_lines():
         "photometric-s1": _m(0.31, False, 1.0),
     }
     lines = R.comparison_lines(models)
-    # two physical groups x one photometric group, then with vs without L_contrast
-    assert len(lines) == 3
-    ablation = lines[2]
+    # physical vs photometric with the same losses (both with L_contrast), then with vs
+    # without L_contrast
+    assert len(lines) == 2
+    ablation = lines[1]
     assert "**physical** (physical + L_contrast" in ablation
     assert "**physical-nocontrast** (physical, no L_contrast" in ablation
     assert "+0.185" in ablation and "is larger" in ablation
-    # an unrecorded contrast weight is never guessed
+    # Without L_contrast on both sides: the views alone.
+    models["photometric-nocontrast-s0"] = _m(0.35, False, 0.0)
+    models["photometric-nocontrast-s1"] = _m(0.36, False, 0.0)
+    lines = R.comparison_lines(models)
+    assert len(lines) == 3
+    assert "**physical-nocontrast** (physical" in lines[1]
+    assert "**photometric-nocontrast** (photometric" in lines[1]
+    # An unrecorded contrast weight is never guessed: a group that mixes recorded and
+    # unrecorded runs is compared with nothing.
+    del models["photometric-nocontrast-s0"], models["photometric-nocontrast-s1"]
     models["physical-s1"] = _m(0.62, True)
-    assert len(R.comparison_lines(models)) == 2
+    assert R.comparison_lines(models) == []
 
 
 def test_material_labels_ablation_and_baseline_lines():
@@ -155,6 +165,10 @@ def test_material_labels_ablation_and_baseline_lines():
     # Without a recorded data.labels the labels comparison is never guessed.
     models["physical-nolabels-s1"] = m(0.54, True, None)
     assert len(R.comparison_lines(models)) == 2
+    # A photometric group with another L_contrast setting is not compared with them.
+    models["photometric-s0"] = m(0.30, False, "material", contrast=0.0)
+    models["photometric-s1"] = m(0.31, False, "material", contrast=0.0)
+    assert R.comparison_lines(models) == []
 
 
 def test_comparison_lines_report_secondary_metrics():
