@@ -18,7 +18,8 @@ def test_shipped_configs_load(name):
 def test_tiny_cpu_is_small():
     cfg = load_config("tiny-cpu")
     assert (cfg.crops.global_size, cfg.crops.local_size) == (64, 32)
-    assert 1000 <= cfg.model.head_prototypes <= 8192
+    # Few prototypes for 150 materials: 2048 left the DINO targets near uniform.
+    assert 64 <= cfg.model.head_prototypes <= 1024 and cfg.loss.teacher_temp <= 0.05
 
 
 @pytest.mark.parametrize(

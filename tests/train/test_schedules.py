@@ -26,6 +26,7 @@ def test_schedules_follow_the_config():
         [
             "optim.steps=100",
             "loss.warmup_teacher_temp_steps=10",
+            "loss.teacher_temp=0.06",
             "data.batch_size=256",
             "optim.momentum_teacher=0.992",
         ],
