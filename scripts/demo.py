@@ -2,23 +2,26 @@
 
 ``make demo`` runs this after setting up ``.venv``. Every stage is a plain CLI call that a
 user could type, and every stage resumes: finished shards and checkpoints are reused, so an
-interrupted demo picks up where it stopped. On 2 idle CPU cores it takes about 16 minutes
-(about 30 with two seeds)::
+interrupted demo picks up where it stopped. On 2 idle CPU cores it takes about 25 minutes
+(about an hour with three seeds)::
 
-    python scripts/demo.py --out out                    # the whole loop
-    python scripts/demo.py --out out --quick            # the shard contract only: tiny.toml
-    python scripts/demo.py --out out --seeds 0 1        # two seeds per model (spread in report)
+    python scripts/demo.py --out out                          # the whole loop
+    python scripts/demo.py --out out --quick                  # the shard contract only: tiny.toml
+    python scripts/demo.py --out out --seeds 0 1 2            # three seeds per model (spread in report)
+    python scripts/demo.py --out out --models physical-hardneg  # add the hard-negative ablation
 
 Stages (outputs under ``--out``):
 
 1. ``phieat-render build`` of ``manifests/tiny.toml`` (seconds, with a contact sheet
    ``<out>/tiny-preview.png``), then ``manifests/loop-train.toml`` (150 training-split materials x 4
-   views), ``loop-val.toml`` (30 val-split materials) and ``eval-tiny.toml`` (100 test-split
-   materials on test-split meshes and lights, with object and material-index masks).
-2. ``phieat-train --config tiny-cpu`` three times on the same shards and budget: physical
-   augmentation (two views = two renders of a material on other meshes and lights), the
-   photometric baseline (two views = two augmentations of one render) and the ablation
-   physical without L_contrast (``--models`` picks a subset).
+   views), ``loop-val.toml`` (100 val-split materials and 10 selection scenes) and
+   ``eval-tiny.toml`` (100 test-split materials on test-split meshes and lights, 20 selection
+   scenes, with object and material-index masks); ``loop-train-hardneg.toml`` only for
+   ``physical-hardneg``.
+2. ``phieat-train --config tiny-cpu`` four times on the same shards and budget, a 2 x 2 of
+   views x L_contrast: physical augmentation (two views = two renders of a material on other
+   meshes and lights) and the photometric baseline (two views = two augmentations of one
+   render), each with and without L_contrast (``--models`` picks a subset).
 3. ``phieat-eval run`` of all of them beside the pixel-statistics and random-init baselines; the
    report is ``<out>/demo/eval/report.md``.
 """
@@ -84,7 +87,8 @@ def stage_render(out: Path, quick: bool, models: list[str]) -> dict[str, Path]:
     roles = dict(DATASETS)
     for model in models:
         role = MODELS[model][0]
-        roles.setdefault(role, EXTRA_DATASETS[role])
+        if role not in roles:
+            roles[role] = EXTRA_DATASETS[role]
     for role, name in roles.items():
         preview = out / "demo" / f"{name}-preview.png" if role in ("train", "eval") else None
         dirs[role] = build(f"manifests/{name}.toml", out / "demo" / "data" / name, log, preview)
