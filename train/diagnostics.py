@@ -13,8 +13,8 @@ probabilities ``q [G, B, K]`` and the student's CLS features this module gives:
 * ``cls_rank``: effective rank (exp of the entropy of the normalised singular values, Roy and
   Vetterli 2007) of the student's L2-normalised CLS features of one batch.
 
-All are computed on this rank's batch only (rank 0 logs them): they describe the run, they do
-not enter the loss. ``collapse_warning`` turns them into a log line a user can act on.
+All are computed on this rank's batch only (rank 0 logs them), and only on the steps that are
+logged (``MetaArch.collapse_stats``): they describe the run, they do not enter the loss. ``collapse_warning`` turns them into a log line a user can act on.
 """
 
 from __future__ import annotations

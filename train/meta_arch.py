@@ -146,6 +146,9 @@ class MetaArch(nn.Module):
         # Step at which the Gram teacher was last copied from the EMA teacher (-1: never).
         self.register_buffer("gram_snapshot_step", torch.tensor(-1, dtype=torch.long))
         self.last_stats: dict[str, float] = {}
+        # The last step's teacher targets, L_image and student CLS features, kept (detached) so
+        # that the collapse diagnostics are computed only when they are logged, not every step.
+        self._collapse_inputs: dict[str, torch.Tensor] = {}
 
     def train(self, mode: bool = True) -> MetaArch:
         """Only the student follows ``mode``; the EMA and Gram teachers stay in eval mode."""
@@ -154,6 +157,17 @@ class MetaArch(nn.Module):
         if self.gram_teacher is not None:
             self.gram_teacher.eval()
         return self
+
+    def collapse_stats(self) -> dict[str, float]:
+        """``train.diagnostics`` of the last forward: the teacher's target statistics (when
+        L_image is on) and the effective rank of the student's CLS features."""
+        inputs = self._collapse_inputs
+        stats: dict[str, float] = {}
+        if "probs" in inputs:
+            stats.update(target_stats(inputs["probs"], float(inputs["image_loss"])))
+        if "cls" in inputs:
+            stats["cls_rank"] = effective_rank(inputs["cls"])
+        return stats
 
     # -------------------------------------------------------------------- Gram teacher
 
@@ -233,7 +247,8 @@ class MetaArch(nn.Module):
             probs = self._probs(t_logits, teacher_temp, self.dino_loss)
             s_logits = s_out["dino_logits"].reshape(n_global + n_local, n_batch, -1)
             losses["dino"] = self.dino_loss(s_logits, probs)
-            stats.update(target_stats(probs, float(losses["dino"].detach())))
+            self._collapse_inputs["probs"] = probs.detach()
+            self._collapse_inputs["image_loss"] = losses["dino"].detach()
             if cfg.centering == "centering":
                 self.dino_loss.update_center(t_logits)
         if cfg.ibot_weight > 0 and "ibot_out" in s_out:
@@ -273,7 +288,7 @@ class MetaArch(nn.Module):
         with torch.no_grad():
             cls_n = torch.nn.functional.normalize(s_out["cls_global"].float(), dim=-1)
             stats["cls_std"] = float(cls_n.std(dim=0).mean())
-            stats["cls_rank"] = effective_rank(s_out["cls_global"])
+        self._collapse_inputs["cls"] = s_out["cls_global"].detach()
         self.last_stats = stats
         return losses
 

@@ -481,6 +481,7 @@ def main(cfg: TrainConfig) -> dict:
                 bar.set_postfix(loss=f"{values[-1]:.3f}")
             if step % cfg.log_every == 0 or step == stop_at or stop_requested or time_up:
                 elapsed = time.perf_counter() - window_start
+                step_stats = {**meta.last_stats, **meta.collapse_stats()}
                 record: dict[str, Any] = {
                     **last,
                     **sched,
@@ -490,14 +491,14 @@ def main(cfg: TrainConfig) -> dict:
                     "data_wait": window_wait / max(elapsed, 1e-9),
                     "epoch": loader.epoch,
                     "data_errors": sum(loader.errors.values()),
-                    **{f"stats/{k}": float(v) for k, v in meta.last_stats.items()},
+                    **{f"stats/{k}": float(v) for k, v in step_stats.items()},
                 }
                 if device.type == "cuda":
                     record["gpu_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
                 if digest is not None:
                     record["batch_digest"] = digest
                 metrics.write(step, record)
-                warning = collapse_warning(meta.last_stats, step, warm_steps)
+                warning = collapse_warning(step_stats, step, warm_steps)
                 if warning and step - last_warned >= 10 * cfg.log_every:
                     log.warning(warning)
                     last_warned = step
