@@ -19,6 +19,11 @@ and single hyphens (no dots, no ``__``), and the group number tells apart severa
 one material. Trainers label samples by ``stable_label(material_id)`` so equal labels mean
 the same material on every rank and shard.
 
+A ``matid`` map holds 0 (``MATID_BACKGROUND``) where no object is, and k >= 1 for the k-th
+distinct material of the view: 1 is the sample's material; in a material-selection scene (a
+sample whose json lists ``scene_materials``; its views carry ``scene_objects``) index k is
+``matid_materials[k - 1]`` of the view's json.
+
 Optional fields, absent from older shards and checked only when present (the schema version
 stays 1): a sample's json may hold ``hard_negative_group``, the id (a slug such as
 ``hn-0000-000012``) of a group of samples of different materials rendered on the same mesh
@@ -47,6 +52,7 @@ MAX_ID_LENGTH = 120
 # Image format name in the spec -> file extension of the view members.
 IMAGE_FORMATS = {"jpg": "jpg", "png": "png", "png16": "png", "exr": "exr"}
 META_MEMBER = "json"
+MATID_BACKGROUND = 0  # the matid value of pixels where no object is
 INDEX_NAME = "index.json"
 FAILURES_NAME = "failures.jsonl"
 VIEW_TRANSFORMS = ("Standard", "AgX")

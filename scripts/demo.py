@@ -175,8 +175,6 @@ def stage_eval(out: Path, data: dict[str, Path], runs: dict[str, Path]) -> Path:
             if role.startswith("train")
             for arg in ("--train-index", str(data[role] / "index.json"))
         ],
-        "--matid-ignore",
-        "0",
         "--out",
         str(eval_dir),
     ]

@@ -122,17 +122,33 @@ def test_render_train_evaluate(datasets, tmp_path: Path):
         str(eval_dir),
         "--train-index",
         str(train_dir / "index.json"),
-        "--matid-ignore",
-        "0",
         "--out",
         str(report_dir),
     )
     metrics = json.loads((report_dir / "physical" / "metrics.json").read_text())
-    assert 0.0 <= metrics["retrieval"]["recall@1"] <= 1.0
-    # the two selection scenes of the eval set are scored (pixel stats work at any size)
+    # 6 materials x 3 views and 2 scenes x 3 views, told apart by the renderer's metadata
+    # (the background, index 0 of every matid map, is ignored without being asked).
+    assert metrics["counts"] == {
+        "views": 24,
+        "object_views": 18,
+        "selection_views": 6,
+        "scenes": 2,
+        "materials": 6,
+    }
+    assert metrics["model"]["step"] == 2 and metrics["model"]["physical_augmentation"] is True
+    r = metrics["retrieval"]
+    assert r["n_queries"] + r["n_excluded"] == 18 and r["n_queries"] > 0
+    assert round(r["recall@1"] * r["n_queries"], 6).is_integer()  # hits / queries
+    assert 0 < r["chance_recall@1"] < 1
+    # The two selection scenes are scored over the whole image (pixel stats work at any
+    # size): selecting everything is a floor below the best each map allows.
     selection = json.loads((report_dir / "pixel-stats" / "metrics.json").read_text())["selection"]
-    assert 0.0 <= selection["iou"] <= 1.0
-    assert (report_dir / "report.md").read_text().count("physical") >= 1
+    assert selection["n_queries"] >= 2
+    assert selection["iou_select_all"] < selection["iou_oracle"]
+    report = (report_dir / "report.md").read_text()
+    assert "18 object views of 6 materials, 6 material-selection views of 2 scenes" in report
+    summary = json.loads((report_dir / "summary.json").read_text())
+    assert summary["models"]["physical"]["R@1"] == r["recall@1"]
 
 
 @pytest.mark.blender

@@ -120,18 +120,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--probe-group",
-        default="family",
+        default="group",
         choices=("family", "group", "material"),
-        help="linear-probe folds never share this label",
+        help="folds of the category probe never share this label; each category's groups "
+        "are dealt over all folds (default: %(default)s; the roughness and metal probes "
+        "always hold whole families out)",
     )
     run.add_argument(
         "--matid-ignore",
         type=int,
         action="append",
-        default=[],
+        default=None,
         metavar="INDEX",
-        help="a material index of the matid maps that is not a material, e.g. the background "
-        "(repeatable); its pixels are neither queried nor scored",
+        help="a material index of the matid maps that is not a material (repeatable): never "
+        "clicked, and scored as 'not selected' (default: 0, the background of the "
+        "renderer's maps; -1 clicks every index)",
     )
     run.add_argument("--no-report", action="store_true", help="write metrics only")
     rep = sub.add_parser("report", help="(re)draw figures and report.md from a run's folder")
@@ -217,7 +220,9 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         n_negatives=args.n_negatives,
         probe_group=args.probe_group,
-        matid_ignore=tuple(args.matid_ignore),
+        matid_ignore=(
+            tuple(args.matid_ignore) if args.matid_ignore is not None else EvalConfig.matid_ignore
+        ),
     )
     names = [name for name, _ in args.model]
     if len(set(names)) != len(names):
@@ -250,9 +255,9 @@ def run(args: argparse.Namespace) -> int:
         logger.info(
             "%s: R@1 %s  mAP %s  selection IoU %s",
             name,
-            r.get("recall@1"),
-            r.get("map"),
-            s.get("iou"),
+            eval_report.fmt(r.get("recall@1")),
+            eval_report.fmt(r.get("map")),
+            eval_report.fmt(s.get("iou")),
         )
     previous = (
         json.loads((out / "models.json").read_text()) if (out / "models.json").exists() else []

@@ -173,7 +173,12 @@ class EvalSet:
 
     ``images`` ``(N, H, W, 3)`` uint8; ``masks`` ``(N, H, W)`` bool or None (object alpha);
     ``matids`` ``(N, H, W)`` int32 or None (per-pixel material index; views without one hold
-    -1); ``family`` falls back to ``group`` and ``group`` to the material id.
+    -1); ``family`` falls back to ``group`` and ``group`` to the material id. ``scene``
+    ``(N,)`` bool: the view is of a multi-object material-selection scene (its sample's json
+    lists ``scene_materials``), as the renderer recorded it; None when no sample of the set
+    says either way (data from elsewhere). ``roughness`` and ``metallic`` ``(N,)`` float: the
+    material's ``params.roughness`` (NaN when it has none) and ``params.metallic`` (0 when
+    it has none).
     """
 
     images: np.ndarray
@@ -188,6 +193,9 @@ class EvalSet:
     mesh: np.ndarray
     light: np.ndarray
     scene_materials: list[list[str]] = field(default_factory=list)
+    scene: np.ndarray | None = None
+    roughness: np.ndarray | None = None
+    metallic: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -246,6 +254,14 @@ class EvalSet:
         }
 
 
+def _param(params: object, name: str, default: float) -> float:
+    """A numeric material parameter, ``default`` when absent or not a finite number."""
+    value = params.get(name) if isinstance(params, dict) else None
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value):
+        return float(value)
+    return default
+
+
 def _scene_materials(meta: dict) -> list[str]:
     """IDs of every material in a multi-material scene (tolerates several layouts)."""
     out = []
@@ -300,6 +316,8 @@ def read_eval_set(
         k: [] for k in ("key", "view", "material", "category", "group", "family", "mesh", "light")
     }
     scene: list[list[str]] = []
+    is_scene: list[bool] = []
+    params: dict[str, list[float]] = {"roughness": [], "metallic": []}
     size: tuple[int, int] | None = (image_size, image_size) if image_size else None
     n_samples = 0
     for sample in iter_samples(urls):
@@ -338,6 +356,9 @@ def read_eval_set(
             ):
                 labels[name].append(value)
             scene.append(_scene_materials(meta))
+            is_scene.append(bool(meta.get("scene_materials")) or "scene_objects" in view)
+            params["roughness"].append(_param(mat.get("params"), "roughness", np.nan))
+            params["metallic"].append(_param(mat.get("params"), "metallic", 0.0))
         n_samples += 1
     if not rows["images"]:
         raise ValueError(f"eval data {url!r} holds no samples")
@@ -351,6 +372,11 @@ def read_eval_set(
         matids=matids,
         view=np.asarray(labels.pop("view"), dtype=np.int64),
         scene_materials=scene,
+        # Renderer-written datasets mark their scenes; a set with no scene anywhere says
+        # nothing either way, so the protocol falls back to counting materials per view.
+        scene=np.asarray(is_scene, bool) if any(is_scene) else None,
+        roughness=np.asarray(params["roughness"], np.float64),
+        metallic=np.asarray(params["metallic"], np.float64),
         **{k: np.asarray(v, dtype=str) for k, v in labels.items()},
     )
 

@@ -37,8 +37,26 @@ def _thumb(arr: np.ndarray, size: int = THUMB) -> Image.Image:
     return Image.fromarray(np.asarray(arr, np.uint8)).resize((size, size), Image.Resampling.NEAREST)
 
 
-def _short(text: str, n: int = 16) -> str:
-    return text if len(text) <= n else text[: n - 1] + "~"
+def wrap_label(text: str, width: int = 17) -> list[str]:
+    """Break ``text`` into lines of at most ``width`` characters, after hyphens where it can
+    (``painted-metal-0012-3fa9c1`` -> ``painted-metal-``, ``0012-3fa9c1``); nothing is cut.
+    """
+    parts = [p + "-" for p in text.split("-")]
+    parts[-1] = parts[-1][:-1]
+    lines: list[str] = []
+    for part in parts:
+        while len(part) > width:  # one word longer than a line: split it
+            if lines and len(lines[-1]) < width:
+                room = width - len(lines[-1])
+                lines[-1], part = lines[-1] + part[:room], part[room:]
+            else:
+                lines.append(part[:width])
+                part = part[width:]
+        if lines and len(lines[-1]) + len(part) <= width:
+            lines[-1] += part
+        elif part:
+            lines.append(part)
+    return lines or [""]
 
 
 # ----------------------------------------------------------------------------- colour maps
@@ -93,7 +111,9 @@ def retrieval_grid(
     ``(Q, 1+K)`` material ids ('' = empty slot); ``correct`` ``(Q, K)`` bool."""
     q, cols = images.shape[:2]
     font, small = _font(15), _font(12)
-    cell_w, cell_h, pad, head = THUMB + 10, THUMB + 10 + 18, 8, 50
+    wrapped = [[wrap_label(str(t)) for t in row] for row in labels]
+    n_lines = max((len(w) for row in wrapped for w in row), default=1)
+    cell_w, cell_h, pad, head = THUMB + 10, THUMB + 10 + 4 + 14 * n_lines, 8, 50
     gap = 16  # between the query column and the results
     width = pad * 2 + cols * (cell_w + 4) + gap
     canvas = Image.new("RGB", (width, head + q * (cell_h + 6) + pad), "white")
@@ -109,9 +129,8 @@ def retrieval_grid(
             x = pad + c * (cell_w + 4) + (gap if c else 0)
             colour = BLUE if c == 0 else (GREEN if correct[r, c - 1] else RED)
             canvas.paste(_framed(_thumb(images[r, c]), colour), (x, y))
-            draw.text(
-                (x + 2, y + THUMB + 11), _short(str(labels[r, c]), 17), fill="black", font=small
-            )
+            for k, line in enumerate(wrapped[r][c]):
+                draw.text((x + 2, y + THUMB + 11 + 14 * k), line, fill="black", font=small)
     return canvas
 
 

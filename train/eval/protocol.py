@@ -1,12 +1,24 @@
 """The evaluation protocol: one model, one held-out eval set -> every metric, plus the few
 arrays the report draws.
 
-Views are of two kinds. *Object views* (no material-index map, or one showing a single
-material) show one material on one mesh under one light: they feed retrieval, k-NN, the
-linear probe and invariance, using the CLS feature. *Selection views* (a ``matid`` map with
-two or more materials) feed material selection, using patch features. Thresholds and probe hyper-parameters come from
-the val set when one is given (``--val-data``); otherwise from a group-disjoint part of the
-eval set itself, and the metrics say so.
+Views are of two kinds, as the renderer recorded them (a sample whose json lists
+``scene_materials`` is a multi-object scene). *Object views* show one material on one mesh
+under one light: they feed retrieval, k-NN, the linear probes and invariance, using the CLS
+feature. *Selection views* (the views of a scene, with a ``matid`` map) feed material
+selection, using patch features: a click on one object's pixel should select every pixel of
+that material and nothing else, the background and the other materials included. For data
+that does not mark its scenes, a view whose ``matid`` map shows two or more materials is a
+selection view. Index 0 of a ``matid`` map is the background (``phieat.schema``).
+
+Three linear probes read the CLS feature: the material's category, with folds split by
+material group and every category dealt over all folds (so each test category is seen in
+training); and two that hold whole families out and predict what transfers across families,
+a roughness bucket and metal vs dielectric, scored by balanced accuracy. Each reports its
+chance level (the best constant guess the training fold allows).
+
+Thresholds and probe hyper-parameters come from the val set when one is given
+(``--val-data``); otherwise from a group-disjoint part of the eval set itself, and the
+metrics say so.
 
 Example::
 
@@ -23,6 +35,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from phieat import schema
 from train.eval import metrics as M
 from train.eval.data import EvalSet
 from train.eval.features import Extractor, Features, extract_all
@@ -41,11 +54,15 @@ class EvalConfig:
     knn_ks: tuple[int, ...] = (10, 20)
     knn_temperature: float = 0.07
     probe_folds: int = 3
-    probe_group: str = "family"  # "family" | "group" | "material"
+    probe_group: str = "group"  # category probe folds: "family" | "group" | "material"
+    roughness_bins: tuple[float, ...] = (0.3, 0.6)  # roughness probe: glossy | medium | rough
+    metal_threshold: float = 0.5  # metal probe: params.metallic >= this is "metal"
     queries_per_region: int = 1
     min_region_pixels: int = 16
     upsample: str = "bilinear"
-    matid_ignore: tuple[int, ...] = ()  # material indices that are not a material (background)
+    # Material indices that are not a material: index 0 is the background of every matid map
+    # the renderer writes (phieat.schema.MATID_BACKGROUND).
+    matid_ignore: tuple[int, ...] = (schema.MATID_BACKGROUND,)
     max_selection_views: int = 200
     n_figure_queries: int = 6
 
@@ -58,34 +75,47 @@ class EvalResult:
     figures: dict = field(default_factory=dict)
 
 
+def _is_scene(es: EvalSet, cfg: EvalConfig) -> np.ndarray:
+    """``(N,)`` bool: views of multi-object scenes, as recorded by the renderer; for data
+    that records none, views whose matid map shows two or more materials."""
+    if es.scene is not None:
+        return es.scene
+    return es.material_regions(cfg.matid_ignore) >= 2
+
+
 def _object_views(es: EvalSet, cfg: EvalConfig) -> np.ndarray:
-    """Views of one material: no matid map, or a map with a single material on it."""
-    return np.flatnonzero(es.material_regions(cfg.matid_ignore) < 2)
+    """Views of one material on one object."""
+    return np.flatnonzero(~_is_scene(es, cfg))
 
 
 def _selection_views(es: EvalSet, cfg: EvalConfig) -> np.ndarray:
-    """Views whose matid map shows two or more materials."""
-    idx = np.flatnonzero(es.material_regions(cfg.matid_ignore) >= 2)
+    """Scene views with a matid map."""
+    idx = np.flatnonzero(_is_scene(es, cfg) & es.has_matid())
     return idx[: cfg.max_selection_views]
 
 
 def _selection_inputs(
     es: EvalSet, idx: np.ndarray, feats: Features, rng: np.random.Generator, cfg: EvalConfig
 ) -> tuple[list, list, list, list]:
+    """Per view: patch features, matid map, query pixels, and the pixels that are scored.
+
+    Queries are drawn on objects only (a material index that is not ignored, inside the
+    mask); every pixel with a material index is scored, so the background and the other
+    materials count as "not selected" and selecting the whole image is no good answer.
+    """
     patches, matids, queries, valids = [], [], [], []
     for row, i in enumerate(idx):
-        # Pixels that count: on an object (mask) and with a material index.
-        valid = (es.matids[i] >= 0) & ~np.isin(es.matids[i], cfg.matid_ignore)
+        scored = es.matids[i] >= 0
+        clickable = scored & ~np.isin(es.matids[i], cfg.matid_ignore)
         if es.masks is not None:
-            valid &= es.masks[i]
-        valid = None if valid.all() else valid
+            clickable &= es.masks[i]
         qs = M.sample_queries(
-            es.matids[i], rng, valid, cfg.queries_per_region, cfg.min_region_pixels
+            es.matids[i], rng, clickable, cfg.queries_per_region, cfg.min_region_pixels
         )
         patches.append(feats.patches[row])
         matids.append(es.matids[i])
         queries.append(qs)
-        valids.append(valid)
+        valids.append(None if scored.all() else scored)
     return patches, matids, queries, valids
 
 
@@ -104,6 +134,7 @@ def evaluate(
         "views": len(es),
         "object_views": int(obj.size),
         "selection_views": int(sel.size),
+        "scenes": int(np.unique(es.key[sel]).size) if sel.size else 0,
         "materials": int(np.unique(es.material[obj]).size) if obj.size else 0,
     }
 
@@ -138,7 +169,7 @@ def evaluate(
         )
         out["knn"] = knn
         out["knn_family_out"] = knn_family
-        out["linear_probe"] = _probe(cls, es, obj, val_set, extractor, cfg)
+        out.update(_probes(cls, es, obj, val_set, extractor, cfg))
         out["invariance"] = M.invariance(cls, mat, mesh, light)
         figures.update(_retrieval_figure(res, obj, rng, cfg))
         figures["pca_views"] = obj[_spread(rng, obj.size, 6)]
@@ -196,7 +227,38 @@ def _probe_groups(es: EvalSet, idx: np.ndarray, cfg: EvalConfig) -> np.ndarray:
     return getattr(es, cfg.probe_group)[idx]
 
 
-def _probe(
+def roughness_bucket(roughness: np.ndarray, bins: tuple[float, ...]) -> np.ndarray:
+    """``(N,)`` str: "glossy" / "medium" / "rough" (two bins; otherwise "r0", "r1", ...);
+    "" where the material has no roughness parameter."""
+    names = ("glossy", "medium", "rough") if len(bins) == 2 else None
+    idx = np.digitize(np.nan_to_num(roughness, nan=0.0), bins)
+    out = np.asarray([names[i] if names else f"r{i}" for i in idx], dtype=object)
+    out[~np.isfinite(roughness)] = ""
+    return out.astype(str)
+
+
+def _probe_labels(es: EvalSet, idx: np.ndarray, cfg: EvalConfig) -> dict[str, np.ndarray]:
+    """Labels of the three probes on views ``idx`` ("" = no label: left out)."""
+    n = idx.size
+    rough = es.roughness[idx] if es.roughness is not None else np.full(n, np.nan)
+    metallic = es.metallic[idx] if es.metallic is not None else np.zeros(n)
+    return {
+        "linear_probe": es.category[idx],
+        "probe_roughness": roughness_bucket(rough, cfg.roughness_bins),
+        "probe_metal": np.where(metallic >= cfg.metal_threshold, "metal", "dielectric"),
+    }
+
+
+PROBES = {
+    # name: (what it predicts, folds never share this label, stratified by the label,
+    #        balanced accuracy)
+    "linear_probe": ("category", None, True, False),
+    "probe_roughness": ("roughness bucket", "family", False, True),
+    "probe_metal": ("metal vs dielectric", "family", False, True),
+}
+
+
+def _probes(
     cls: np.ndarray,
     es: EvalSet,
     obj: np.ndarray,
@@ -204,36 +266,41 @@ def _probe(
     extractor: Extractor,
     cfg: EvalConfig,
 ) -> dict:
-    """Linear probe on category; folds never share a ``probe_group`` label."""
-    labels = es.category[obj]
-    groups = _probe_groups(es, obj, cfg)
-    if np.unique(groups).size < cfg.probe_folds or np.unique(labels).size < 2:
-        return {"accuracy": None, "skipped": "too few groups or categories"}
+    """The three linear probes (module docstring), each with its chance level."""
+    labels = _probe_labels(es, obj, cfg)
     val_obj = _object_views(val_set, cfg) if val_set is not None else np.zeros(0, int)
-    if val_obj.size == 0:
-        res = M.linear_probe_by_groups(cls, labels, groups, cfg.probe_folds, cfg.seed)
-        res["hyperparameters_from"] = "eval set (a held-out fold)"
-        return res
-    vfeats = extract_all(
-        extractor,
-        val_set.images[val_obj],
-        val_set.masks[val_obj] if val_set.masks is not None else None,
-        cfg.batch_size,
-    ).cls
-    val = (vfeats, val_set.category[val_obj])
-    fold = M.group_folds(groups, cfg.probe_folds, cfg.seed)
-    runs = []
-    for f in range(cfg.probe_folds):
-        tr, te = fold != f, fold == f
-        if np.unique(labels[tr]).size < 2:
+    val_cls = None
+    if val_obj.size:
+        val_cls = extract_all(
+            extractor,
+            val_set.images[val_obj],
+            val_set.masks[val_obj] if val_set.masks is not None else None,
+            cfg.batch_size,
+        ).cls
+        val_labels = _probe_labels(val_set, val_obj, cfg)
+    out = {}
+    for name, (task, by, stratified, balanced) in PROBES.items():
+        groups = getattr(es, by)[obj] if by else _probe_groups(es, obj, cfg)
+        keep = labels[name] != ""
+        y, g = labels[name][keep], groups[keep]
+        info = {
+            "task": task,
+            "folds_by": by or cfg.probe_group,
+            "score": "balanced accuracy" if balanced else "accuracy",
+        }
+        if np.unique(g).size < cfg.probe_folds or np.unique(y).size < 2:
+            out[name] = {"accuracy": None, "skipped": "too few groups or labels", **info}
             continue
-        runs.append(M.linear_probe((cls[tr], labels[tr]), val, (cls[te], labels[te])))
-    return {
-        "accuracy": float(np.mean([r["accuracy"] for r in runs])) if runs else None,
-        "folds": runs,
-        "n_folds_skipped": cfg.probe_folds - len(runs),
-        "hyperparameters_from": "val set",
-    }
+        fold = M.stratified_group_folds(g, y if stratified else None, cfg.probe_folds, cfg.seed)
+        val = None
+        if val_cls is not None:
+            vkeep = val_labels[name] != ""
+            if np.unique(val_labels[name][vkeep]).size >= 2:
+                val = (val_cls[vkeep], val_labels[name][vkeep])
+        res = M.linear_probe_folds(cls[keep], y, fold, val=val, balanced=balanced)
+        res["hyperparameters_from"] = "val set" if val is not None else "eval set (a held-out fold)"
+        out[name] = {**res, **info, "n_labelled": int(keep.sum())}
+    return out
 
 
 def _selection(

@@ -138,11 +138,25 @@ HEADLINE: list[tuple[str, str, Callable[[dict], object]]] = [
     ("k-NN@10", "category, own material left out", lambda m: m.get("knn", {}).get("knn@10")),
     ("k-NN@20", "", lambda m: m.get("knn", {}).get("knn@20")),
     (
-        "probe",
-        "linear probe category accuracy, held-out groups",
+        "probe cat.",
+        "linear probe: category, material groups held out (every category seen in training)",
         lambda m: m.get("linear_probe", {}).get("accuracy"),
     ),
-    ("sel. IoU", "material selection IoU", lambda m: m.get("selection", {}).get("iou")),
+    (
+        "probe rough.",
+        "linear probe: roughness bucket, whole families held out (balanced accuracy)",
+        lambda m: m.get("probe_roughness", {}).get("accuracy"),
+    ),
+    (
+        "probe metal",
+        "linear probe: metal vs dielectric, whole families held out (balanced accuracy)",
+        lambda m: m.get("probe_metal", {}).get("accuracy"),
+    ),
+    (
+        "sel. IoU",
+        "material selection IoU over the whole image",
+        lambda m: m.get("selection", {}).get("iou"),
+    ),
     (
         "sel. oracle",
         "selection IoU at each query's best threshold (upper bound of these features)",
@@ -158,7 +172,8 @@ HEADLINE: list[tuple[str, str, Callable[[dict], object]]] = [
 ]
 
 
-def _cell(v: object) -> str:
+def fmt(v: object) -> str:
+    """A metric for a table or a log line: floats to 3 decimals, None as "-"."""
     if v is None:
         return "-"
     if isinstance(v, float):
@@ -166,13 +181,36 @@ def _cell(v: object) -> str:
     return str(v)
 
 
+_cell = fmt
+
+
+def _tuned_on(m: dict) -> str:
+    """Where a model's selection threshold and probe weight decays were chosen."""
+    sources = {
+        str(m.get(k, {}).get(field))
+        for k, field in (
+            ("selection", "threshold_from"),
+            ("linear_probe", "hyperparameters_from"),
+            ("probe_roughness", "hyperparameters_from"),
+            ("probe_metal", "hyperparameters_from"),
+        )
+        if m.get(k, {}).get(field)
+    }
+    if not sources:
+        return "-"
+    return " / ".join(sorted("val" if x.startswith("val") else "eval part" for x in sources))
+
+
 def headline_table(models: dict[str, dict]) -> str:
-    """Markdown table: one row per model, one column per headline metric."""
-    head = "| model | " + " | ".join(h for h, _, _ in HEADLINE) + " |"
-    sep = "|---|" + "---:|" * len(HEADLINE)
+    """Markdown table: one row per model, one column per headline metric, the row of chance
+    levels (selection: select everything), and where thresholds and probe settings were
+    chosen ("val": the val set; "eval part": a held-out part of the eval set)."""
+    head = "| model | " + " | ".join(h for h, _, _ in HEADLINE) + " | tuned on |"
+    sep = "|---|" + "---:|" * len(HEADLINE) + "---|"
     rows = [head, sep]
     for name, m in models.items():
-        rows.append(f"| {name} | " + " | ".join(_cell(f(m)) for _, _, f in HEADLINE) + " |")
+        cells = " | ".join(_cell(f(m)) for _, _, f in HEADLINE)
+        rows.append(f"| {name} | {cells} | {_tuned_on(m)} |")
     if models:
         any_m = next(iter(models.values()))
         knn_chance = any_m.get("knn", {}).get("chance")
@@ -182,13 +220,45 @@ def headline_table(models: dict[str, dict]) -> str:
             "R@1 same-colour": any_m.get("retrieval_same_colour", {}).get("chance_recall@1"),
             "k-NN@10": knn_chance,
             "k-NN@20": knn_chance,
-            "probe": knn_chance,
+            "probe cat.": any_m.get("linear_probe", {}).get("chance"),
+            "probe rough.": any_m.get("probe_roughness", {}).get("chance"),
+            "probe metal": any_m.get("probe_metal", {}).get("chance"),
             # Selecting every pixel needs no features: the floor of a selection IoU.
             "sel. IoU": any_m.get("selection", {}).get("iou_select_all"),
         }
         chance = [floors.get(h) for h, _, _ in HEADLINE]
-        rows.append("| *chance / select all* | " + " | ".join(_cell(c) for c in chance) + " |")
+        rows.append("| *chance / select all* | " + " | ".join(_cell(c) for c in chance) + " | |")
     return "\n".join(rows)
+
+
+CHANCE_NOTE = (
+    "*Chance row.* R@1 and R@1 mask: the hit rate of a random ranking (positives / gallery "
+    "size, averaged over queries). R@1 same-colour: the same for its short gallery; a feature "
+    "that follows colour ranks the wrong items first there, because they were picked to "
+    "match the query's colour, so it can land *below* this chance: that is the variant doing "
+    "its job, not a bug. k-NN: the share of the most frequent category. Probes: the best "
+    "constant guess the training folds allow, scored on the test fold (accuracy for the "
+    "category; balanced accuracy, 1 / number of classes, for roughness and metal). Selection: "
+    "selecting every pixel of the image; *sel. oracle* is each query at its own best "
+    "threshold, the most these similarity maps allow."
+)
+
+FEW_QUERIES = 30  # a metric scored on fewer queries than this is flagged in the report
+
+
+def few_query_lines(models: dict[str, dict]) -> list[str]:
+    """One warning per model and metric scored on fewer than ``FEW_QUERIES`` queries: such a
+    number moves by a large step with one query and is no result to compare."""
+    lines = []
+    for name, m in models.items():
+        for key, what in (("retrieval", "retrieval"), ("selection", "selection")):
+            n = m.get(key, {}).get("n_queries")
+            if n is not None and n < FEW_QUERIES:
+                lines.append(
+                    f"- **{name}**: {what} was scored on only {n} queries (fewer than "
+                    f"{FEW_QUERIES}): read its numbers as anecdotes, not results."
+                )
+    return lines
 
 
 SEED_SUFFIX = re.compile(r"[-_.]?(?:s|seed)\d+$")
@@ -406,7 +476,7 @@ def write_report(out_dir: str | Path) -> Path:
     lines += [
         f"Eval data: `{data.get('eval_data', '?')}` — {counts.get('object_views', 0)} object views "
         f"of {counts.get('materials', 0)} materials, {counts.get('selection_views', 0)} "
-        "material-selection views.",
+        f"material-selection views of {counts.get('scenes', '?')} scenes.",
         f"Val data (thresholds, probe hyper-parameters): `{data.get('val_data') or 'none'}`.",
         f"Leakage check against the training index: {data.get('leakage_check', 'not run')}.",
         "",
@@ -414,14 +484,24 @@ def write_report(out_dir: str | Path) -> Path:
         "",
         headline_table(models),
         "",
+        CHANCE_NOTE,
+        "",
         "R@k / mAP: for each view, the gallery is every view whose mesh *and* light differ from "
         "it; a hit shows the same material. Same-colour: the gallery keeps only the "
         f"{first.get('config', {}).get('n_negatives', '?')} wrong views closest in mean colour. "
-        "k-NN: temperature-weighted vote of the nearest views of *other* materials. Selection: "
-        "patch-feature similarity to a clicked pixel, thresholded (threshold chosen on "
-        f"{first.get('selection', {}).get('threshold_from', 'a separate split')}).",
+        "k-NN: temperature-weighted vote of the nearest views of *other* materials. Probes: "
+        "logistic regression on the frozen CLS feature, 3 folds; the category probe keeps "
+        "each material group in one fold and deals every category's groups over all folds; "
+        "the roughness (glossy / medium / rough) and metal-vs-dielectric probes hold whole "
+        "material families out, so they score what carries over to a kind of material never "
+        "seen. Selection: click one object's pixel, select the pixels whose patch feature is "
+        "at least as similar as the threshold; scored over the whole image (background and "
+        "the other materials are negatives). Threshold chosen on "
+        f"{first.get('selection', {}).get('threshold_from', 'a separate split')}.",
         "",
     ]
+    few = few_query_lines(models)
+    lines += [*few, ""] if few else []
     comp = comparison_lines(models)
     if comp:
         lines += ["## Physical vs photometric, and what L_contrast adds", "", *comp, ""]

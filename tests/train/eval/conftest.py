@@ -58,7 +58,12 @@ def make_material(i: int, prefix: str = "mat", n_families: int = 6) -> dict:
         "source": "procedural",
         "family": f"fam-{i % n_families}",
         "group": f"{prefix}-grp-{i:03d}",
-        "params": {"index": i},
+        # Roughness cycles through glossy / medium / rough; every third family is metal.
+        "params": {
+            "index": i,
+            "roughness": (0.1, 0.45, 0.8)[i % 3],
+            "metallic": 1.0 if (i % n_families) % 3 == 0 else 0.0,
+        },
     }
 
 
@@ -76,8 +81,10 @@ def write_dataset(
 ) -> Path:
     """Write ``out/shard-*.tar`` + ``index.json``; one sample per material.
 
-    ``selection``: True, or the material ids whose views become two-material selection
-    views with a matid map.
+    ``selection``: True, or the material ids whose samples become two-material selection
+    scenes as the renderer writes them: ``scene_materials`` in the json, ``scene_objects``
+    and ``matid_materials`` in each view, and a matid map with the background (0) on the top
+    quarter, the sample's material (1) on the left and another (2) on the right.
     """
     rng = np.random.default_rng(seed)
     out.mkdir(parents=True, exist_ok=True)
@@ -100,16 +107,19 @@ def write_dataset(
                     img = (img * 255).round().astype(np.uint8)
                     members.append((f"view{v}.jpg", _jpg(img)))
                     members.append((f"view{v}.mask.png", _png(mask.astype(np.uint8) * 255)))
-                    if selection is True or (selection and mat["id"] in selection):
+                    is_scene = selection is True or (selection and mat["id"] in selection)
+                    if is_scene:
                         other = (idx + 1 + v) % 7 + 100
                         matid = np.full((size, size), 1, np.uint16)
                         matid[:, size // 2 :] = 2
+                        matid[: size // 4] = 0
                         img2 = material_texture(idx, size, bright)
                         img2[:, size // 2 :] = material_texture(other, size, bright)[:, size // 2 :]
+                        img2[: size // 4] = 0.5
                         members[-2] = (f"view{v}.jpg", _jpg((img2 * 255).round().astype(np.uint8)))
                         members[-1] = (
                             f"view{v}.mask.png",
-                            _png(np.full((size, size), 255, np.uint8)),
+                            _png(((matid > 0) * 255).astype(np.uint8)),
                         )
                         members.append((f"view{v}.matid.png", _png(matid)))
                     view_meta.append(
@@ -125,6 +135,13 @@ def write_dataset(
                             "render_time_s": 0.1,
                         }
                     )
+                    if is_scene:
+                        ids = [mat["id"], f"other-{idx:03d}"]
+                        view_meta[-1]["matid_materials"] = ids
+                        view_meta[-1]["scene_objects"] = [
+                            {"material_id": m, "matid": k + 1, "mesh_id": meshes[mesh]}
+                            for k, m in enumerate(ids)
+                        ]
                 meta = {
                     "schema_version": schema.SCHEMA_VERSION,
                     "key": key,
@@ -134,6 +151,8 @@ def write_dataset(
                     "catalog_snapshot": {},
                     "plan_hash": "0" * 16,
                 }
+                if selection is True or (selection and mat["id"] in selection):
+                    meta["scene_materials"] = [mat["id"], f"other-{idx:03d}"]
                 members.append(("json", json.dumps(meta).encode()))
                 for member, data in members:
                     info = tarfile.TarInfo(f"{key}.{member}")

@@ -94,6 +94,7 @@ def test_run_writes_metrics_figures_and_report(world, tmp_path, capsys):
         "views": 64,
         "object_views": 48,
         "selection_views": 16,
+        "scenes": 4,
         "materials": 12,
     }
     assert pix["data"]["leakage_check"].startswith("passed")

@@ -66,8 +66,17 @@ def test_read_selection_views_with_matid(tmp_path, dataset_writer, material_fact
     d = dataset_writer(tmp_path / "sel", mats, ["m"], ["l"], views=2, size=16, selection=True)
     es = read_eval_set(str(d))
     assert es.matids is not None and es.matids.dtype == np.int32
-    assert es.has_matid().all() and set(np.unique(es.matids)) == {1, 2}
-    assert (es.matids[:, :, :8] == 1).all()
+    assert es.has_matid().all() and set(np.unique(es.matids)) == {0, 1, 2}
+    assert (es.matids[:, 4:, :8] == 1).all() and (es.matids[:, :4] == 0).all()
+    # The renderer marks scenes in the json; the reader keeps that, with the material params.
+    assert es.scene is not None and es.scene.all()
+    assert es.roughness.tolist() == [0.1, 0.1, 0.45, 0.45, 0.8, 0.8]
+    assert es.metallic.tolist() == [1.0, 1.0, 0.0, 0.0, 0.0, 0.0]
+
+
+def test_sets_without_scene_metadata_say_nothing(eval_dir):
+    es = read_eval_set(str(eval_dir))
+    assert es.scene is None
 
 
 def test_missing_member_names_the_sample(tmp_path, eval_dir):

@@ -221,3 +221,40 @@ def test_figures_draw(tmp_path):
     assert six.shape[1] == two.width and six.shape[0] > two.height
     last = F.PALETTE[5 % len(F.PALETTE)]
     assert (six[20:60] == np.array(last, np.uint8)).all(axis=-1).any()
+
+
+def test_retrieval_labels_are_wrapped_never_cut():
+    for name in ("painted-metal-0012-3fa9c1", "metal-polished-0280-763bb3", "x" * 40, "a"):
+        lines = F.wrap_label(name)
+        assert "".join(lines) == name and all(len(line) <= 17 for line in lines)
+    assert F.wrap_label("painted-metal-0012-3fa9c1") == ["painted-metal-", "0012-3fa9c1"]
+    # Two-line names make the cells taller than one-line names.
+    imgs = np.zeros((1, 3, 16, 16, 3), np.uint8)
+    short = F.retrieval_grid(imgs, np.array([["a", "b", "c"]]), np.zeros((1, 2), bool), "t")
+    long_names = np.array([["painted-metal-0012-3fa9c1"] * 3])
+    tall = F.retrieval_grid(imgs, long_names, np.zeros((1, 2), bool), "t")
+    assert tall.height == short.height + 14
+
+
+def test_headline_states_chance_and_where_settings_came_from():
+    m = {
+        "retrieval": {"recall@1": 0.2, "chance_recall@1": 0.01, "n_queries": 400},
+        "linear_probe": {"accuracy": 0.5, "chance": 0.12, "hyperparameters_from": "val set"},
+        "probe_metal": {"accuracy": 0.7, "chance": 0.5, "hyperparameters_from": "val set"},
+        "selection": {
+            "iou": 0.3,
+            "iou_select_all": 0.04,
+            "threshold_from": "eval set (a group-disjoint half, not scored)",
+            "n_queries": 12,
+        },
+    }
+    table = R.headline_table({"model-a": m}).splitlines()
+    head = [c.strip() for c in table[0].strip("|").split("|")]
+    row = [c.strip() for c in table[2].strip("|").split("|")]
+    chance = [c.strip() for c in table[3].strip("|").split("|")]
+    col = {h: i for i, h in enumerate(head)}
+    assert row[col["probe cat."]] == "0.500" and chance[col["probe cat."]] == "0.120"
+    assert chance[col["probe metal"]] == "0.500" and chance[col["sel. IoU"]] == "0.040"
+    assert row[col["tuned on"]] == "eval part / val"
+    (warning,) = R.few_query_lines({"model-a": m})
+    assert "selection was scored on only 12 queries" in warning
