@@ -160,7 +160,7 @@ def bench(name: str, args: argparse.Namespace, device: torch.device) -> dict:
 # The micro model of the tests (tests/train/conftest.py) on fixed batches; lr from step 0 and no
 # frozen last layer so that both steps move every parameter; Gram teacher taken at step 1.
 CHECK_CONFIG = [
-    "data.urls=fixed-batches", 'data.index=""', "data.num_workers=0",
+    "data.urls=pipe:fixed-batches", 'data.index=""', "data.num_workers=0",
     "crops.global_size=32", "crops.local_size=16", "crops.local_per_view=1",
     "model.arch=vit_tiny_patch16_224", "model.patch_size=8", "model.embed_dim=32",
     "model.depth=2", "model.num_heads=2", "model.head_prototypes=64", "model.head_hidden=32",
@@ -220,9 +220,12 @@ class FixedLoader:
 
     batches: list[dict] = []
 
-    def __init__(self, shards, data, crops, patch, seed, rank=0, world=1, pin_memory=False):
+    def __init__(
+        self, shards, data, crops, patch, seed, rank=0, world=1, pin_memory=False, records=None
+    ):
         self.rank, self.world = rank, world
         self.step, self.epoch, self.errors, self.streams = 0, 0, {}, {}
+        self.skipped_samples = self.skipped_shards = 0
 
     def state_dict(self) -> dict:
         return {"batches": self.step}

@@ -8,7 +8,10 @@ tensors, numbers, strings, lists and dicts::
     index_hash, physical_augmentation, world_size
 
 It is written to a temporary name and renamed (or moved, for fsspec URLs such as
-``s3://bucket/run/checkpoints``), so a crash never leaves a half-written checkpoint. With
+``s3://bucket/run/checkpoints``), so a crash never leaves a half-written checkpoint; local
+files get the permissions of the process umask, like any other file it writes. A file that
+does not load (truncated, damaged, not a checkpoint) raises ``CheckpointError``, and
+``load_latest`` then falls back to the next older checkpoint, saying which it skipped. With
 FSDP2 the full (unsharded) state is gathered to rank 0 before writing, so a checkpoint can
 be resumed with DDP, FSDP2 or one process.
 """
@@ -32,6 +35,16 @@ log = logging.getLogger("phieat.train")
 CKPT_RE = re.compile(r"ckpt-(\d{8})\.pt$")
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be loaded; the message names the file."""
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _is_url(path: str) -> bool:
     return "://" in path and not path.startswith("file://")
 
@@ -49,6 +62,8 @@ def atomic_torch_save(payload: Any, path: str) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent)
     try:
+        # mkstemp creates the file 0600; give it the mode any other file of this process gets.
+        os.chmod(tmp, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as handle:
             torch.save(payload, handle)
         os.replace(tmp, target)
@@ -87,9 +102,55 @@ def prune_checkpoints(ckpt_dir: str, keep_last: int) -> None:
         fs.rm(fsspec.core.url_to_fs(path)[1])
 
 
+REQUIRED_KEYS = ("step", "student", "teacher", "optimizer", "loader", "config")
+
+
 def load_checkpoint(path: str) -> dict:
-    with fsspec.open(path, "rb") as handle:
-        return torch.load(handle, map_location="cpu", weights_only=True)
+    """A checkpoint's contents (``weights_only``: plain tensors and containers, never pickled code).
+
+    Raises ``CheckpointError`` naming the file when it is missing, damaged or not a
+    checkpoint of this trainer.
+    """
+    try:
+        with fsspec.open(path, "rb") as handle:
+            state = torch.load(handle, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {path} does not exist") from None
+    except Exception as exc:
+        # torch's own text suggests weights_only=False, which would run code from the file.
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "weights_only" in str(exc) or "Weights only" in str(exc):
+            reason = "it holds Python objects, not only tensors and plain containers"
+        raise CheckpointError(
+            f"{path} is not a loadable phieat checkpoint (truncated, damaged or another kind of "
+            f"file): {type(exc).__name__}: {reason[:200]}"
+        ) from None
+    missing = [k for k in REQUIRED_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise CheckpointError(
+            f"{path} is not a phieat training checkpoint (no {', '.join(missing)})"
+        )
+    return state
+
+
+def load_latest(ckpt_dir: str) -> tuple[str, dict] | None:
+    """The newest checkpoint in ``ckpt_dir`` that loads, as ``(path, state)``; None when there
+    is none. Newer ones that do not load are skipped with a warning; when none loads,
+    ``CheckpointError`` lists them."""
+    found = list_checkpoints(ckpt_dir)
+    skipped = []
+    for _, path in reversed(found):
+        try:
+            return path, load_checkpoint(path)
+        except CheckpointError as exc:
+            log.warning("skipping checkpoint %s: %s", path, exc)
+            skipped.append(path)
+    if skipped:
+        raise CheckpointError(
+            f"no checkpoint in {ckpt_dir} loads ({len(skipped)} tried, newest {skipped[0]}); move "
+            "them away to start again, or set resume=false"
+        )
+    return None
 
 
 # ----------------------------------------------------------------------------- state

@@ -18,7 +18,11 @@ Examples::
         out_dir=/scratch/vitl14 ckpt_dir=s3://b/runs/vitl14/checkpoints
 
 Settings are ``key=value`` overrides of the config (see ``train/config.py`` or
-``--print-config``); a mistyped key fails with its name.
+``--print-config``); a mistyped key fails with its name. ``data.urls`` may name a dataset
+folder (``latest.json`` is followed), a version folder, an ``index.json``, a brace pattern or
+``.tar`` files. Re-running with the same ``out_dir`` resumes from the newest checkpoint that
+loads; a resume that changes the objective or the data is refused (``--allow-config-change``).
+A setting, data path, dataset or checkpoint that cannot be used exits with status 2 and one line.
 """
 
 from __future__ import annotations
@@ -45,24 +49,52 @@ def build_parser() -> argparse.ArgumentParser:
         "--print-config", action="store_true", help="print the resolved config as TOML and exit"
     )
     parser.add_argument(
+        "--allow-config-change",
+        action="store_true",
+        help="resume a checkpoint even though the objective or the data changed "
+        "(the same as allow_config_change=true; the change is recorded)",
+    )
+    parser.add_argument(
         "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.steps=200"
     )
     return parser
 
 
+def error_line(exc: BaseException) -> str:
+    """The one line to print for ``exc``; for an error re-raised from a DataLoader worker, the
+    original message rather than the worker's traceback."""
+    text = str(exc).strip()
+    if "Original Traceback" in text:
+        lines = [line for line in text.splitlines() if line.strip()]
+        last = lines[-1]
+        name = type(exc).__name__
+        text = last.split(f"{name}: ", 1)[1] if f"{name}: " in last else last
+    return " ".join(text.split())
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    overrides = list(args.overrides)
+    if args.allow_config_change:
+        overrides.append("allow_config_change=true")
     try:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(args.config, overrides)
     except ConfigError as exc:
         print(f"phieat-train: {exc}", file=sys.stderr)
         return 2
     if args.print_config:
         print(to_toml(cfg), end="")
         return 0
+    from phieat.schema import SchemaError
+    from train.checkpoint import CheckpointError
+    from train.data import DataError
     from train.train import main as train_main
 
-    train_main(cfg)
+    try:
+        train_main(cfg)
+    except (ConfigError, DataError, SchemaError, CheckpointError) as exc:
+        print(f"phieat-train: {error_line(exc)}", file=sys.stderr)
+        return 2
     return 0
 
 

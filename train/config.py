@@ -29,10 +29,12 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    # Shard sources: local paths, brace patterns, http(s)://, pipe:, or fsspec URLs (s3://...).
-    # Several sources may be given as a list or joined with "::" in one string.
+    # Shard sources: a dataset folder (its latest.json is followed), a version folder, an
+    # index.json, or shards one by one: local paths, brace patterns, http(s)://, pipe:, or
+    # fsspec URLs (s3://...). Several sources may be given as a list or joined with "::".
     urls: list[str] = field(default_factory=list)
-    # index.json of the dataset version; "auto" looks beside the first shard, "" skips it.
+    # index.json of the dataset version; "auto": the named folder's (a folder without one is
+    # refused), else beside the first shard if there is one; "" trains without it.
     index: str = "auto"
     # False: photometric DINO baseline, both "views" are augmentations of one render.
     physical_augmentation: bool = True
@@ -55,7 +57,13 @@ class DataConfig:
     resampled: bool = False
     # "warn" counts and skips corrupt samples/shards; "raise" stops at the first one.
     error_policy: str = "warn"
-    max_errors: int = 1000  # abort when a worker has skipped more samples than this
+    max_errors: int = 1000  # abort when a worker has skipped more samples + shards than this
+    # Abort when more than this fraction of the samples, or of the shards, a worker read in
+    # its epochs so far were skipped as unreadable (checked at the end of every epoch).
+    max_skipped_fraction: float = 0.1
+    # Check each shard's sha256 against index.json as it is streamed (reads a whole shard into
+    # memory first); a mismatch skips the shard. Catches bytes that still decode.
+    verify_shards: bool = False
     validate_samples: bool = True
 
 
@@ -173,6 +181,8 @@ class TrainConfig:
     tensorboard: bool = True
     export: bool = True
     threads: int = 0  # torch intra-op threads on CPU (0: leave torch's default)
+    # Resume a checkpoint even though the objective or the data changed (train.train.CONFIG_FIXED).
+    allow_config_change: bool = False
     data: DataConfig = field(default_factory=DataConfig)
     crops: CropConfig = field(default_factory=CropConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -283,6 +293,10 @@ def _check(cfg: TrainConfig) -> None:
         raise ConfigError("crops.global_per_view must be >= 1")
     if cfg.optim.steps < 1:
         raise ConfigError("optim.steps must be >= 1")
+    if not 0.0 <= cfg.data.max_skipped_fraction <= 1.0:
+        raise ConfigError(
+            f"data.max_skipped_fraction must be in [0, 1], got {cfg.data.max_skipped_fraction}"
+        )
     if cfg.loss.gram_weight > 0 and not cfg.model.pretrained and cfg.loss.gram_start_step <= 0:
         raise ConfigError(
             f"loss.gram_start_step = {cfg.loss.gram_start_step} with loss.gram_weight > 0 and no "

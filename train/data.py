@@ -2,10 +2,13 @@
 
 Pipeline (one logical *stream* per rank x data worker), top to bottom:
 
-1. ``expand_urls``: sources are local paths or folders, brace patterns
-   (``shard-{000000..000099}.tar``, expanded in ``pipe:`` commands too, as WebDataset does),
-   ``http(s)://`` and ``pipe:`` (WebDataset ``gopen``) or any fsspec URL (``s3://``,
-   ``gs://``, ``memory://``); join several with ``::``.
+1. ``resolve_data``: a source is a dataset folder (its ``latest.json`` names the version
+   folder), a version folder or an ``index.json`` (local or any fsspec URL), or shards named
+   one by one: brace patterns (``shard-{000000..000099}.tar``, expanded in ``pipe:`` commands
+   too, as WebDataset does), ``.tar`` paths, ``http(s)://`` and ``pipe:`` (WebDataset
+   ``gopen``) or fsspec URLs (``s3://``, ``gs://``, ``memory://``); join several with ``::``.
+   Local paths are checked before anything else runs, and a folder without ``index.json``
+   is refused unless the shards are named one by one (or ``data.index = ""``).
 2. shard order: a fresh permutation every epoch (seed, epoch); stream ``s`` of ``S`` takes
    shards ``s::S``, or, when there are fewer shards than streams, every shard and every
    ``S``-th sample, so no rank ever runs dry; ``resampled`` draws shards with replacement.
@@ -17,8 +20,14 @@ Pipeline (one logical *stream* per rank x data worker), top to bottom:
    light and camera, ``[hard_negatives]`` in the dataset spec), so a batch holds every member
    of a group, except where a group straddles two batches.
 4. decode only the chosen views' images and masks and the json (never pickle), schema check
-   (``phieat.schema.validate_sample``); corrupt samples and shards are counted and skipped
-   (``data.error_policy = "warn"``) or raised.
+   (``phieat.schema.validate_sample``). With ``data.error_policy = "warn"`` an undecodable
+   sample, a shard that cannot be opened, and the rest of a shard after a damaged tar header
+   (or a shard shorter than its ``index.json`` record) are skipped, logged and counted
+   (``SkipCounter``; the trainer logs ``skipped_samples`` / ``skipped_shards``); past
+   ``data.max_errors`` or ``data.max_skipped_fraction`` the run stops. ``data.verify_shards``
+   checks each shard's sha256 against ``index.json`` as it is read (it holds a whole shard in
+   memory; ``phieat-render verify`` checks a dataset without training). With "raise" the
+   first unreadable sample or shard stops the run.
 5. two views on different meshes and lights (physical augmentation) or the same render twice
    (photometric baseline), mask-aware multi-crop, jitter, iBOT block masks
    (``train.augment``), collate; label = ``phieat.schema.stable_label(material_id)`` with
@@ -33,11 +42,15 @@ batches after a resume equal those of an uninterrupted run.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
 import os
+import re
+import tarfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
@@ -48,7 +61,7 @@ import webdataset as wds
 from braceexpand import braceexpand
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from webdataset.tariterators import group_by_keys, tar_file_iterator
+from webdataset.tariterators import group_by_keys
 
 from phieat import schema
 from train import augment
@@ -65,6 +78,165 @@ class DataError(RuntimeError):
 
 # ----------------------------------------------------------------------------- sources
 
+# Written by ``phieat-render build`` beside its version folders: {"version": "v-<hash>", ...}.
+LATEST_NAME = "latest.json"
+
+
+@dataclass
+class DataSource:
+    """What ``data.urls`` names: shard URLs, where the dataset's ``index.json`` is, and how
+    the shards were named (one by one, or as a dataset folder / index)."""
+
+    shards: list[str]
+    index_url: str | None = None
+    explicit: bool = True
+
+
+def _local_path(url: str) -> str | None:
+    """The file system path of a local source (a plain path or ``file://``), else None."""
+    if url.startswith("file://"):
+        return url[len("file://") :]
+    if "://" in url or url.startswith("pipe:"):
+        return None
+    return url
+
+
+def _join(base: str, name: str) -> str:
+    return base.rstrip("/") + "/" + name
+
+
+def _read_json(url: str, what: str) -> Any:
+    """A JSON file by URL; a damaged one is a one-line ``DataError`` naming it."""
+    fs, path = fsspec.core.url_to_fs(url)
+    try:
+        text = fs.cat_file(path).decode("utf-8")
+        return json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(
+            f"{url} is not valid JSON ({exc}): the {what} is damaged; re-run phieat-render build "
+            "for this dataset, or name the shards explicitly (a brace pattern or .tar list)"
+        ) from None
+    except OSError as exc:
+        raise DataError(f"cannot read the {what} {url}: {exc}") from None
+
+
+def _exists(url: str) -> bool:
+    fs, path = fsspec.core.url_to_fs(url)
+    return fs.exists(path)
+
+
+def _shard_names(index: dict, where: str) -> list[str]:
+    """The shard file names an index lists; names that would leave the dataset folder are refused."""
+    names = []
+    for shard in index["shards"]:
+        name = shard["name"]
+        if not name.endswith(".tar") or "/" in name or "\\" in name or name.startswith("."):
+            raise DataError(f"{where} lists the shard {name!r}, which is not a file in the dataset")
+        names.append(name)
+    return names
+
+
+def _follow_latest(url: str) -> str:
+    """``url`` itself when it holds ``index.json``, else the version folder its ``latest.json`` names."""
+    if _exists(_join(url, schema.INDEX_NAME)):
+        return url
+    latest = _join(url, LATEST_NAME)
+    if not _exists(latest):
+        return url
+    record = _read_json(latest, "dataset's latest.json")
+    version = record.get("version") if isinstance(record, dict) else None
+    if not isinstance(version, str) or not version or "/" in version or version.startswith("."):
+        raise DataError(f"{latest} names no version folder (its 'version' is {version!r})")
+    target = _join(url, version)
+    if not _exists(_join(target, schema.INDEX_NAME)):
+        raise DataError(
+            f"{latest} names the version {version}, but {target} holds no {schema.INDEX_NAME}: "
+            "the build did not finish; re-run phieat-render build"
+        )
+    log.info("%s: latest.json names %s", url, version)
+    return target
+
+
+def _resolve_one(source: str, data: DataConfig) -> DataSource:
+    explicit = (
+        source.startswith("pipe:") or source.endswith(".tar") or any(c in source for c in "{}")
+    )
+    if explicit:
+        shards = list(braceexpand(source))
+        missing = [
+            u for u in shards if _local_path(u) is not None and not os.path.isfile(_local_path(u))
+        ]
+        if len(missing) == 1:
+            raise DataError(f"data.urls: {missing[0]} does not exist")
+        if missing:
+            raise DataError(
+                f"data.urls: {len(missing)} of {len(shards)} shards do not exist (first: {missing[0]})"
+            )
+        return DataSource(shards, None, True)
+    path = _local_path(source)
+    if source.endswith(".json"):
+        if path is not None and not os.path.isfile(path):
+            raise DataError(f"data.urls: {source} does not exist")
+        base = source.rsplit("/", 1)[0] if "/" in source else "."
+        index = schema.validate_index(_read_json(source, "dataset index"), where=source)
+        names = _shard_names(index, source)
+        return DataSource([_join(base, n) for n in names], source, False)
+    if path is not None:
+        if not os.path.exists(path):
+            raise DataError(
+                f"data.urls: {source} does not exist (pass a dataset folder, a version folder "
+                "v-<hash>, an index.json, a brace pattern or .tar files)"
+            )
+        if not os.path.isdir(path):
+            raise DataError(
+                f"data.urls: {source} is neither a folder, an index.json nor a .tar file"
+            )
+        folder = _follow_latest(path.rstrip("/") or "/")
+        found = sorted(n for n in os.listdir(folder) if n.endswith(".tar"))
+        index_path = os.path.join(folder, schema.INDEX_NAME)
+        if not os.path.isfile(index_path) and data.index == "auto":
+            example = (
+                f"{folder}/shard-{{000000..{len(found) - 1:06d}}}.tar"
+                if found
+                else f"{folder}/<shard>.tar"
+            )
+            raise DataError(
+                f"data.urls: {folder} holds no {schema.INDEX_NAME} (nor {LATEST_NAME}): the dataset "
+                f"is incomplete or its index was removed. Re-run phieat-render build, or name the "
+                f"shards explicitly: data.urls='{example}'"
+            )
+        if not found:
+            raise DataError(f"data.urls: {folder} holds no .tar shards")
+        return DataSource([os.path.join(folder, n) for n in found], index_path, False)
+    # A remote dataset or version folder: the shard list comes from its index.
+    folder = _follow_latest(source)
+    index_path = _join(folder, schema.INDEX_NAME)
+    if not _exists(index_path):
+        raise DataError(
+            f"data.urls: {source} holds no {schema.INDEX_NAME} or {LATEST_NAME}; name remote "
+            "shards explicitly (a brace pattern such as .../shard-{000000..000099}.tar)"
+        )
+    index = schema.validate_index(_read_json(index_path, "dataset index"), where=index_path)
+    names = _shard_names(index, index_path)
+    return DataSource([_join(folder, n) for n in names], index_path, False)
+
+
+def resolve_data(data: DataConfig) -> DataSource:
+    """Resolve ``data.urls`` up front: every local path is checked, a dataset folder follows
+    its ``latest.json``, and a folder without ``index.json`` is refused (unless ``data.index``
+    is "" or the shards are named explicitly). Raises ``DataError`` with a one-line message
+    (``SchemaError`` for an index that breaks the contract)."""
+    sources = [p.strip() for u in data.urls for p in u.split("::") if p.strip()]
+    if not sources:
+        raise DataError(
+            "data.urls is empty: pass a dataset folder or data.urls='/path/to/shard-{000000..000009}.tar'"
+        )
+    parts = [_resolve_one(s, data) for s in sources]
+    shards = [u for p in parts for u in p.shards]
+    if not shards:
+        raise DataError(f"data.urls {data.urls!r} names no shards")
+    return DataSource(shards, parts[0].index_url, all(p.explicit for p in parts))
+
 
 def expand_urls(urls: list[str] | str) -> list[str]:
     """Expand ``::``-joined sources, brace patterns and local folders into a list of shard URLs."""
@@ -78,8 +250,9 @@ def expand_urls(urls: list[str] | str) -> list[str]:
             continue
         for url in braceexpand(source):
             if "://" not in url and not url.startswith("pipe:") and os.path.isdir(url):
-                found = sorted(n for n in os.listdir(url) if n.endswith(".tar"))
-                out.extend(os.path.join(url, n) for n in found)
+                folder = _follow_latest(url)
+                found = sorted(n for n in os.listdir(folder) if n.endswith(".tar"))
+                out.extend(os.path.join(folder, n) for n in found)
             else:
                 out.append(url)
     if not out:
@@ -106,62 +279,179 @@ def index_url(first_shard: str) -> str | None:
     )
 
 
-def read_index(data: DataConfig, shards: list[str]) -> dict | None:
-    """Load and validate the dataset's ``index.json`` (``data.index``; "auto" looks beside the shards).
-
-    Refuses an unknown schema version with ``SchemaError``; returns None when there is none.
-    """
+def locate_index(data: DataConfig, shards: list[str], url: str | None = None) -> str | None:
+    """Where the dataset's ``index.json`` is read from: ``data.index``, or with "auto" ``url``
+    (``DataSource.index_url``), else beside the first shard; None with ``data.index = ""``."""
     if data.index == "":
         return None
-    url = index_url(shards[0]) if data.index == "auto" else data.index
+    if data.index != "auto":
+        return data.index
+    return url if url is not None else index_url(shards[0])
+
+
+def read_index(data: DataConfig, shards: list[str], url: str | None = None) -> dict | None:
+    """Load and validate the dataset's ``index.json`` (at ``locate_index``).
+
+    Refuses an unknown schema version with ``SchemaError`` and a file that is not JSON with a
+    one-line ``DataError``; returns None when there is none.
+    """
+    url = locate_index(data, shards, url)
     if url is None:
         return None
-    fs, path = fsspec.core.url_to_fs(url)
-    if not fs.exists(path):
+    if not _exists(url):
         if data.index != "auto":
             raise DataError(f"data.index {url} does not exist")
         return None
-    with fs.open(path, "rb") as handle:
-        index = json.loads(handle.read().decode("utf-8"))
+    index = _read_json(url, "dataset index")
     schema.validate_index(index, where=url)
     if not index["complete"]:
         log.warning("%s: dataset build is not complete; training on the shards present", url)
     return index
 
 
+def shard_records(index: dict | None, shards: list[str], url: str | None) -> dict[str, dict]:
+    """``{shard URL: its index.json record}`` for the shards in the index's folder that it lists."""
+    if not index or not url:
+        return {}
+    folder = url.rsplit("/", 1)[0] if "/" in url else "."
+    by_name = {s["name"]: s for s in index["shards"]}
+    out = {}
+    for shard in shards:
+        base, _, name = shard.rpartition("/")
+        if (base or ".") == folder and name in by_name:
+            out[shard] = by_name[name]
+    return out
+
+
 # ----------------------------------------------------------------------------- stream
 
 
-class ErrorCounter:
-    def __init__(self, policy: str, limit: int) -> None:
-        self.policy, self.limit, self.count = policy, limit, 0
+class SkipCounter:
+    """What one stream skipped: unreadable samples and shards (or the rest of a damaged shard).
 
-    def __call__(self, exc: Exception) -> bool:
-        """WebDataset-style handler: True = skip and continue."""
+    With ``data.error_policy = "raise"`` the first one stops the run. Otherwise each is logged
+    and counted, and the run stops with a ``DataError`` when more than ``data.max_errors``
+    samples and shards together were skipped, or (checked at the end of every epoch) when more
+    than ``data.max_skipped_fraction`` of the samples the stream met were lost: the samples
+    skipped, plus those of skipped shards where ``index.json`` says how many they held.
+    """
+
+    def __init__(self, policy: str, limit: int, fraction: float = 1.0) -> None:
+        self.policy, self.limit, self.fraction = policy, limit, fraction
+        self.samples = self.shards = 0
+        self.seen_samples = self.lost_samples = 0
+        self.last = ""
+
+    @property
+    def count(self) -> int:
+        return self.samples + self.shards
+
+    def _skip(self, message: str) -> None:
         if self.policy == "raise":
-            return False
-        self.count += 1
-        log.warning("skipping unreadable data (%d so far): %s", self.count, exc)
+            raise DataError(f"{message} (data.error_policy='raise')")
+        self.last = message
+        log.warning("skipping unreadable data (%d so far): %s", self.count, message)
         if self.count > self.limit:
             raise DataError(
-                f"more than data.max_errors={self.limit} unreadable samples; last: {exc}"
-            ) from exc
+                f"more than data.max_errors={self.limit} samples or shards skipped as unreadable; "
+                f"last: {message}. Run phieat-render verify on the dataset"
+            )
+
+    def skip_sample(self, message: str) -> None:
+        self.samples += 1
+        self._skip(message)
+
+    def skip_shard(self, message: str, lost: int = 0) -> None:
+        """One shard (or its rest) skipped; ``lost``: how many samples it held that were not read."""
+        self.shards += 1
+        self.lost_samples += lost
+        self.seen_samples += lost
+        self._skip(message)
+
+    def member_error(self, exc: Exception) -> bool:
+        """WebDataset-style handler for a tar member that cannot be grouped: skip it."""
+        self.skip_sample(f"unreadable tar member: {exc}")
         return True
 
+    def check_fraction(self) -> None:
+        lost, seen = self.samples + self.lost_samples, self.seen_samples
+        if seen and lost / seen > self.fraction:
+            raise DataError(
+                f"{lost} of {seen} samples were unreadable ({lost / seen:.1%}; {self.shards} "
+                f"shard(s) skipped), above data.max_skipped_fraction={self.fraction:g}; last: "
+                f"{self.last}. Run phieat-render verify on the dataset, or raise "
+                "data.max_skipped_fraction"
+            )
 
-def _raw_samples(url: str, errors: ErrorCounter) -> Iterator[dict]:
+
+def _tar_files(tar: tarfile.TarFile, url: str) -> Iterator[dict]:
+    for info in tar:
+        if not info.isreg() or re.match(r"__[^/]*__($|/)", info.name):
+            continue
+        handle = tar.extractfile(info)
+        data = handle.read() if handle is not None else b""
+        tar.members = []  # a stream: keep no member list
+        yield {"fname": info.name, "data": data, "__url__": url}
+
+
+def _damaged_tail(tar: tarfile.TarFile) -> bool:
+    """After ``tarfile`` stopped: True when data follows, i.e. it stopped at a damaged header
+    (``tarfile`` treats an invalid header after the first as the end of the archive)."""
+    while True:
+        chunk = tar.fileobj.read(1 << 20)
+        if not chunk:
+            return False
+        if any(chunk):
+            return True
+
+
+def _raw_samples(
+    url: str, skips: SkipCounter, record: dict | None = None, verify: bool = False
+) -> Iterator[dict]:
+    """Samples of one shard. A shard that cannot be opened, fails its ``index.json`` sha256
+    (``verify``), or stops early (a damaged header or truncation, and fewer samples than its
+    index record says) counts as one skipped shard; the samples read before the damage are kept."""
+    expected = record["samples"] if record is not None else 0
     try:
         stream = open_url(url)
     except Exception as exc:
-        if errors(DataError(f"cannot open shard {url}: {exc}")):
-            return
-        raise
+        skips.skip_shard(f"cannot open shard {url}: {exc}", expected)
+        return
+    read = 0
     try:
-        files = ({**f, "__url__": url} for f in tar_file_iterator(stream, handler=errors))
-        yield from group_by_keys(files, handler=errors)
+        if verify and record is not None:
+            data = stream.read()
+            digest = hashlib.sha256(data).hexdigest()
+            if digest != record["sha256"]:
+                skips.skip_shard(
+                    f"shard {url}: sha256 {digest[:12]}... does not match its index.json record "
+                    f"{record['sha256'][:12]}... (modified or damaged)",
+                    expected,
+                )
+                return
+            stream.close()
+            stream = io.BytesIO(data)
+        tar = tarfile.open(fileobj=stream, mode="r|*")
+        for raw in group_by_keys(_tar_files(tar, url), handler=skips.member_error):
+            read += 1
+            yield raw
+        if _damaged_tail(tar):
+            skips.skip_shard(
+                f"shard {url} has a damaged tar header after {read} samples: the rest is skipped",
+                max(0, expected - read),
+            )
+        elif read < expected:
+            skips.skip_shard(
+                f"shard {url} ends after {read} of the {expected} samples index.json lists "
+                "(truncated)",
+                expected - read,
+            )
+    except DataError:
+        raise
     except Exception as exc:
-        if not errors(DataError(f"shard {url} is corrupt: {exc}")):
-            raise
+        skips.skip_shard(
+            f"shard {url} is corrupt after {read} samples: {exc}", max(0, expected - read)
+        )
     finally:
         stream.close()
 
@@ -229,12 +519,16 @@ def _decode_image(data: bytes, key: str, member: str) -> Image.Image:
         raise DataError(
             f"sample {key}: {member} is EXR; the trainer reads jpg/png views (render with image_format jpg or png)"
         )
-    image = Image.open(io.BytesIO(data))
-    if image.mode in ("I;16", "I;16B", "I"):
-        image = Image.fromarray(
-            (np.asarray(image, dtype=np.float32) / 257.0).clip(0, 255).astype(np.uint8)
-        )
-    return image.convert("RGB")
+    try:
+        image = Image.open(io.BytesIO(data))
+        if image.mode in ("I;16", "I;16B", "I"):
+            image = Image.fromarray(
+                (np.asarray(image, dtype=np.float32) / 257.0).clip(0, 255).astype(np.uint8)
+            )
+        return image.convert("RGB")
+    except (OSError, ValueError, SyntaxError) as exc:  # PIL's errors for damaged files
+        reason = str(exc).split(" <_io.")[0]
+        raise DataError(f"{member} cannot be decoded ({type(exc).__name__}: {reason})") from None
 
 
 def _view_member(sample: dict, index: int) -> str:
@@ -369,12 +663,14 @@ class ShardStream(IterableDataset):
         world: int = 1,
         start: dict[int, tuple[int, int]] | None = None,
         rotation: int = 0,
+        records: dict[str, dict] | None = None,
     ) -> None:
         super().__init__()
         self.shards, self.data, self.crops = shards, data, crops
         self.patch_size, self.seed, self.rank, self.world = patch_size, seed, rank, world
         self.start = start or {}
         self.rotation = rotation
+        self.records = records or {}
 
     def _epoch_plan(self, epoch: int, stream: int, streams: int) -> tuple[list[str], int, int]:
         """(shards to read, sample stride, sample phase) for one stream in one epoch."""
@@ -390,7 +686,7 @@ class ShardStream(IterableDataset):
         return [self.shards[i] for i in order], streams, stream
 
     def _epoch_raw(
-        self, epoch: int, stream: int, streams: int, errors: ErrorCounter
+        self, epoch: int, stream: int, streams: int, skips: SkipCounter
     ) -> Iterator[dict]:
         shards, stride, phase = self._epoch_plan(epoch, stream, streams)
         rng = np.random.default_rng(_seed(self.seed, epoch, stream, 0xB0FF))
@@ -398,7 +694,8 @@ class ShardStream(IterableDataset):
         def mine() -> Iterator[dict]:
             position = 0
             for url in shards:
-                for raw in _raw_samples(url, errors):
+                record = self.records.get(url)
+                for raw in _raw_samples(url, skips, record, self.data.verify_shards):
                     position += 1
                     if (position - 1) % stride == phase:
                         yield raw
@@ -432,28 +729,32 @@ class ShardStream(IterableDataset):
         stream = self.rank * workers + logical
         streams = self.world * workers
         epoch, offset = self.start.get(logical, (0, 0))
-        errors = ErrorCounter(self.data.error_policy, self.data.max_errors)
+        skips = SkipCounter(
+            self.data.error_policy, self.data.max_errors, self.data.max_skipped_fraction
+        )
         photometric_here = not self.crops.on_device
         batch: list[dict] = []
         empty_epochs = 0
         while True:
             index = -1
-            for index, raw in enumerate(self._epoch_raw(epoch, stream, streams, errors)):
+            for index, raw in enumerate(self._epoch_raw(epoch, stream, streams, skips)):
                 if index < offset:
                     continue  # resume: replay the order without decoding
                 rng = np.random.default_rng(_seed(self.seed, epoch, stream, index, 0xC0DE))
+                skips.seen_samples += 1
                 try:
                     batch.append(make_sample(raw, rng, self.data, self.crops, self.patch_size))
                 except Exception as exc:
                     where = f"sample {raw.get('__key__')} in {raw.get('__url__')}"
-                    if not errors(DataError(f"{where}: {exc}")):
-                        raise DataError(f"{where}: {exc} (data.error_policy='raise')") from exc
+                    what = str(exc) if isinstance(exc, ValueError | DataError) else repr(exc)
+                    skips.skip_sample(f"{where}: {what}")
                 if len(batch) == self.data.batch_size:
                     out = collate(batch, photometric_here)
                     out["state"] = torch.tensor([logical, epoch, index + 1], dtype=torch.int64)
-                    out["errors"] = errors.count
+                    out["skipped"] = torch.tensor([skips.samples, skips.shards], dtype=torch.int64)
                     batch = []
                     yield out
+            skips.check_fraction()
             empty_epochs = empty_epochs + 1 if index < 0 else 0
             if empty_epochs >= 2:
                 raise DataError(
@@ -476,14 +777,30 @@ class Loader:
         rank: int = 0,
         world: int = 1,
         pin_memory: bool = False,
+        records: dict[str, dict] | None = None,
     ) -> None:
         self.shards, self.data, self.crops = shards, data, crops
         self.patch_size, self.seed, self.rank, self.world = patch_size, seed, rank, world
         self.pin_memory = pin_memory
+        self.records = records or {}
         self.workers = max(1, data.num_workers)
         self.batches = 0
         self.streams: dict[int, tuple[int, int]] = {}
-        self.errors: dict[int, int] = {}
+        # Per logical stream: (samples, shards) skipped as unreadable since this process started.
+        self.skipped: dict[int, tuple[int, int]] = {}
+
+    @property
+    def errors(self) -> dict[int, int]:
+        """Per logical stream: samples and shards skipped, together."""
+        return {k: a + b for k, (a, b) in self.skipped.items()}
+
+    @property
+    def skipped_samples(self) -> int:
+        return sum(a for a, _ in self.skipped.values())
+
+    @property
+    def skipped_shards(self) -> int:
+        return sum(b for _, b in self.skipped.values())
 
     def state_dict(self) -> dict:
         return {
@@ -491,6 +808,7 @@ class Loader:
             "workers": self.workers,
             "streams": {str(k): [int(v[0]), int(v[1])] for k, v in self.streams.items()},
             "errors": {str(k): int(v) for k, v in self.errors.items()},
+            "skipped": {str(k): [int(v[0]), int(v[1])] for k, v in self.skipped.items()},
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -501,7 +819,7 @@ class Loader:
             )
         self.batches = int(state["batches"])
         self.streams = {int(k): (int(v[0]), int(v[1])) for k, v in state["streams"].items()}
-        self.errors = {int(k): int(v) for k, v in state.get("errors", {}).items()}
+        self.skipped = {int(k): (int(v[0]), int(v[1])) for k, v in state.get("skipped", {}).items()}
 
     @property
     def epoch(self) -> int:
@@ -510,7 +828,7 @@ class Loader:
     def __iter__(self) -> Iterator[dict]:
         dataset = ShardStream(
             self.shards, self.data, self.crops, self.patch_size, self.seed, self.rank, self.world,
-            start=dict(self.streams), rotation=self.batches % self.workers,
+            start=dict(self.streams), rotation=self.batches % self.workers, records=self.records,
         )  # fmt: skip
         if self.data.num_workers > 0:
             loader = DataLoader(
@@ -522,6 +840,7 @@ class Loader:
         for batch in loader:
             logical, epoch, offset = (int(v) for v in batch.pop("state"))
             self.streams[logical] = (epoch, offset)
-            self.errors[logical] = int(batch.pop("errors"))
+            samples, shards = (int(v) for v in batch.pop("skipped"))
+            self.skipped[logical] = (samples, shards)
             self.batches += 1
             yield batch

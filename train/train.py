@@ -8,7 +8,19 @@ CUDA, optional ``torch.compile``; DDP or FSDP2 (``fully_shard`` per block) under
 A non-finite loss aborts before the optimizer steps. Rank 0 logs every loss term, lr, wd,
 momentum, teacher temperature, images/s, data-wait fraction and GPU memory to
 ``metrics.jsonl`` and TensorBoard, with a progress bar. Checkpoints (``train.checkpoint``)
-every ``ckpt_every`` steps, at the end and on SIGTERM; a restart resumes from the newest.
+every ``ckpt_every`` steps, at the end and on SIGTERM; a restart resumes from the newest
+that loads (a damaged newer one is skipped, with a warning).
+
+Before the model is built, ``data.urls`` is resolved (``train.data.resolve_data``: missing
+paths and a dataset without ``index.json`` are one-line errors) and the checkpoint to resume is
+loaded. A resumed run must train the same objective on the same data: a change of a key in
+``CONFIG_FIXED`` (or of the dataset's ``index.json``) is refused unless
+``allow_config_change = true``; a change of a ``CONFIG_SCHEDULE`` key is warned about. Either
+is recorded in the checkpoints and the export (``config_history``), and ``config.toml`` keeps
+the settings the run started with (the new ones go to ``config.resume-<step>.toml``).
+Warnings name a dataset smaller than one batch and a run that never leaves its warm-up; a
+``max_minutes`` stop is logged with the step reached. Skipped unreadable samples and shards
+(``train.data``) are logged as ``skipped_samples`` / ``skipped_shards``.
 The EMA teacher backbone is exported to ``<out_dir>/export/backbone.pt``.
 """
 
@@ -33,22 +45,47 @@ from train.checkpoint import (
     PreemptionFlag,
     atomic_torch_save,
     checkpoint_path,
-    latest_checkpoint,
     load_checkpoint,
+    load_latest,
     load_module_state,
     load_optimizer_state,
     module_state,
     optimizer_state,
     prune_checkpoints,
 )
-from train.config import TrainConfig, from_dict, to_dict, to_toml
-from train.data import Loader, expand_urls, read_index
+from train.config import ConfigError, TrainConfig, from_dict, to_dict, to_toml
+from train.data import Loader, locate_index, read_index, resolve_data, shard_records
 from train.diagnostics import collapse_warning
 from train.meta_arch import MetaArch, backbone_kwargs
 from train.models import export_backbone
 
 log = logging.getLogger("phieat.train")
 LOSS_NAMES = ("dino", "ibot", "koleo", "gram", "contrast", "total")
+
+# Keys (or sections, ending in ".") that define what a run learns: a resumed run may not change
+# them without allow_config_change = true. The data itself is compared by its index.json hash
+# (or, without an index, by data.urls).
+CONFIG_FIXED = (
+    "data.physical_augmentation",
+    "data.labels",
+    "data.hard_negative_batches",
+    "crops.",
+    "model.",
+    "loss.",
+)
+# Keys whose change a resumed run accepts with a warning (checked before CONFIG_FIXED): the
+# schedules are recomputed from the new values, and the data stream order changes.
+CONFIG_SCHEDULE = (
+    "optim.",
+    "loss.warmup_teacher_temp_steps",
+    "seed",
+    "data.batch_size",
+    "data.shuffle_shards",
+    "data.shuffle_buffer",
+    "data.resampled",
+)
+# A resumed run takes its weights (Gram teacher included) from the checkpoint, not from here.
+CONFIG_IGNORED = ("model.pretrained",)
 
 
 # ----------------------------------------------------------------------------- schedules
@@ -253,6 +290,7 @@ def _save(
     rank: int,
     world: int,
     index_hash: str,
+    history: list[dict],
 ) -> str | None:
     """Gather the full state (collective) and let rank 0 write it atomically."""
     loader_states: list[Any] = [None] * world
@@ -279,6 +317,7 @@ def _save(
         "index_hash": index_hash,
         "physical_augmentation": cfg.data.physical_augmentation,
         "world_size": world,
+        "config_history": history,
     }
     path = None
     if rank == 0:
@@ -296,26 +335,23 @@ def _ckpt_dir(cfg: TrainConfig) -> str:
     return cfg.ckpt_dir or cfg.out_dir.rstrip("/") + "/checkpoints"
 
 
-def _resume(cfg, meta, optimizer, loader, fsdp, rank, world, index_hash) -> int:
-    path = latest_checkpoint(_ckpt_dir(cfg)) if cfg.resume else None
-    if path is None:
-        return 0
-    state = load_checkpoint(path)
-    if state.get("index_hash") and index_hash and state["index_hash"] != index_hash:
-        log.warning(
-            "%s was trained on a different index.json (hash %s, now %s)",
-            path,
-            state["index_hash"],
-            index_hash,
-        )
-    load_module_state(meta.student, state["student"], fsdp)
-    load_module_state(meta.teacher, state["teacher"], fsdp)
-    if meta.gram_teacher is not None and state["gram_teacher"]:
-        load_module_state(meta.gram_teacher, state["gram_teacher"], fsdp)
-    meta.dino_loss.center.copy_(state["buffers"]["dino_center"])
-    meta.ibot_loss.center.copy_(state["buffers"]["ibot_center"])
-    meta.gram_snapshot_step.fill_(int(state["buffers"]["gram_snapshot_step"]))
-    load_optimizer_state(meta.student, optimizer, state["optimizer"], fsdp)
+def _resume(cfg, meta, optimizer, loader, fsdp, rank, world, path, state) -> int:
+    try:
+        load_module_state(meta.student, state["student"], fsdp)
+        load_module_state(meta.teacher, state["teacher"], fsdp)
+        if meta.gram_teacher is not None and state["gram_teacher"]:
+            load_module_state(meta.gram_teacher, state["gram_teacher"], fsdp)
+        meta.dino_loss.center.copy_(state["buffers"]["dino_center"])
+        meta.ibot_loss.center.copy_(state["buffers"]["ibot_center"])
+        meta.gram_snapshot_step.fill_(int(state["buffers"]["gram_snapshot_step"]))
+        load_optimizer_state(meta.student, optimizer, state["optimizer"], fsdp)
+    except (RuntimeError, ValueError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        detail = " ".join(str(exc).split())[:300]
+        raise ConfigError(
+            f"{path} cannot be continued with these settings: the model it holds does not match "
+            f"({first} {detail[len(first) :]}). Train into a new out_dir or set resume=false"
+        ) from None
     if len(state["loader"]) == world:
         loader.load_state_dict(state["loader"][rank])
     else:
@@ -330,6 +366,155 @@ def _resume(cfg, meta, optimizer, loader, fsdp, rank, world, index_hash) -> int:
     return int(state["step"])
 
 
+# ----------------------------------------------------------------------------- run record
+
+
+def _flat(values: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _matches(key: str, names: tuple[str, ...]) -> bool:
+    return any(key == n or (n.endswith(".") and key.startswith(n)) for n in names)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+
+
+def config_changes(
+    saved: dict, cfg: TrainConfig, saved_index_hash: str, index_hash: str
+) -> tuple[dict[str, list], dict[str, list]]:
+    """``(fixed, schedule)``: ``{key: [saved, now]}`` of the keys a resumed run changed."""
+    old, new = _flat(saved), _flat(to_dict(cfg))
+    fixed: dict[str, list] = {}
+    schedule: dict[str, list] = {}
+    for key in sorted(old.keys() & new.keys()):
+        if old[key] == new[key] or _matches(key, CONFIG_IGNORED):
+            continue
+        if _matches(key, CONFIG_SCHEDULE):
+            schedule[key] = [old[key], new[key]]
+        elif _matches(key, CONFIG_FIXED):
+            fixed[key] = [old[key], new[key]]
+    if saved_index_hash and index_hash:
+        if saved_index_hash != index_hash:
+            fixed["data (index.json hash)"] = [saved_index_hash, index_hash]
+    elif old.get("data.urls") != new.get("data.urls"):
+        fixed["data.urls"] = [old.get("data.urls"), new.get("data.urls")]
+    return fixed, schedule
+
+
+def _describe(changes: dict[str, list]) -> str:
+    return ", ".join(f"{k} {_fmt(a)} -> {_fmt(b)}" for k, (a, b) in changes.items())
+
+
+def check_resumed_config(
+    cfg: TrainConfig, path: str, state: dict, index_hash: str
+) -> dict[str, list]:
+    """Refuse a resume that changes the objective or the data (unless ``allow_config_change``);
+    warn about schedule changes. Returns every change, to be recorded."""
+    fixed, schedule = config_changes(
+        state.get("config", {}), cfg, state.get("index_hash", ""), index_hash
+    )
+    step = int(state["step"])
+    if fixed and not cfg.allow_config_change:
+        raise ConfigError(
+            f"{path} (step {step}) was trained with another objective or data: {_describe(fixed)}. "
+            f"Train into a new out_dir, set resume=false to start over, or pass "
+            f"--allow-config-change (allow_config_change=true) to continue it under the new settings"
+        )
+    if fixed:
+        log.warning(
+            "allow_config_change: continuing %s (step %d) with %s", path, step, _describe(fixed)
+        )
+    if schedule:
+        log.warning(
+            "resuming %s at step %d with changed settings: %s; the lr, weight-decay, "
+            "teacher-momentum and temperature schedules follow the new values from here",
+            path,
+            step,
+            _describe(schedule),
+        )
+    return {**fixed, **schedule}
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def record_config(out_dir: Path, cfg: TrainConfig, step: int) -> Path:
+    """Write the resolved config without overwriting the record of what was trained:
+    ``config.toml`` holds the settings the run started with; a resumed run with other
+    settings writes ``config.resume-<step>.toml``; a new run from step 0 moves an older,
+    different ``config.toml`` aside to ``config.before-<UTC time>.toml``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    text = to_toml(cfg)
+    main_path = out_dir / "config.toml"
+    if not main_path.exists():
+        _write_text(main_path, text)
+        return main_path
+    if main_path.read_text(encoding="utf-8") == text:
+        return main_path
+    if step > 0:
+        path = out_dir / f"config.resume-{step:08d}.toml"
+        _write_text(path, text)
+        log.info(
+            "config.toml keeps the settings this run started with; from step %d: %s", step, path
+        )
+        return path
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    old = out_dir / f"config.before-{stamp}.toml"
+    os.replace(main_path, old)
+    log.warning("%s holds another run's config: kept as %s", main_path, old.name)
+    _write_text(main_path, text)
+    return main_path
+
+
+def run_warnings(cfg: TrainConfig, world: int, samples: int | None) -> list[str]:
+    """Settings that train something other than what was probably meant."""
+    out = []
+    batch = cfg.data.batch_size * world
+    if samples is not None and samples < batch:
+        out.append(
+            f"the dataset holds {samples} samples, fewer than one batch ({batch} = "
+            f"data.batch_size {cfg.data.batch_size} x {world} rank(s)): every batch repeats "
+            "samples, which L_contrast then treats as other crops of the same render; lower "
+            "data.batch_size or render more materials"
+        )
+    steps = cfg.optim.steps
+    if steps <= cfg.optim.warmup_steps:
+        out.append(
+            f"optim.steps={steps} ends within the learning-rate warm-up (optim.warmup_steps="
+            f"{cfg.optim.warmup_steps}): the run is all warm-up and never reaches the peak lr; "
+            "raise optim.steps or lower optim.warmup_steps"
+        )
+    if (
+        steps <= cfg.loss.warmup_teacher_temp_steps
+        and cfg.loss.warmup_teacher_temp != cfg.loss.teacher_temp
+    ):
+        out.append(
+            f"optim.steps={steps} ends within the teacher-temperature warm-up "
+            f"(loss.warmup_teacher_temp_steps={cfg.loss.warmup_teacher_temp_steps})"
+        )
+    if steps <= cfg.optim.freeze_last_layer_steps:
+        out.append(
+            f"optim.steps={steps} <= optim.freeze_last_layer_steps="
+            f"{cfg.optim.freeze_last_layer_steps}: the prototype layer never trains"
+        )
+    return out
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -341,24 +526,51 @@ def main(cfg: TrainConfig) -> dict:
         torch.set_num_threads(cfg.threads)
     fsdp = world > 1 and cfg.parallel == "fsdp"
     out_dir = Path(cfg.out_dir)
-    if rank == 0:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        tmp = out_dir / "config.toml.tmp"
-        tmp.write_text(to_toml(cfg), encoding="utf-8")
-        os.replace(tmp, out_dir / "config.toml")
-    if not cfg.data.urls:
-        raise ValueError("data.urls is empty: pass data.urls=/path/to/shard-{000000..000009}.tar")
-    shards = expand_urls(cfg.data.urls)
-    index = read_index(cfg.data, shards)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"out_dir {out_dir} is a file, not a folder")
+    # Everything a user can get wrong is checked before the model is built.
+    source = resolve_data(cfg.data)
+    shards = source.shards
+    index = read_index(cfg.data, shards, source.index_url)
     index_hash = schema.hash_obj(index) if index else ""
+    records = shard_records(index, shards, locate_index(cfg.data, shards, source.index_url))
+    if cfg.data.verify_shards and not records:
+        log.warning(
+            "data.verify_shards: no index.json records the shards' sha256; nothing to verify"
+        )
+    samples = None
     if index:
-        total = sum(s["samples"] for s in index["shards"])
+        listed = {u.rsplit("/", 1)[-1] for u in shards}
+        samples = sum(s["samples"] for s in index["shards"] if s["name"] in listed)
         log.info(
             "dataset %s %s: %d shards, %d samples",
             index["dataset"],
             index["version"],
-            len(index["shards"]),
-            total,
+            len(shards),
+            samples,
+        )
+        if len(records) < len(shards):
+            samples = None  # shards from elsewhere: the size is not known
+    else:
+        log.info("%d shard(s) named explicitly, no index.json beside them", len(shards))
+    for warning in run_warnings(cfg, world, samples):
+        log.warning(warning)
+    resumed = load_latest(_ckpt_dir(cfg)) if cfg.resume else None
+    history: list[dict] = []
+    start_step, state = 0, None
+    if resumed is not None:
+        path, state = resumed
+        start_step = int(state["step"])
+        history = list(state.get("config_history", []))
+        changes = check_resumed_config(cfg, path, state, index_hash)
+        if changes:
+            history.append({"step": start_step, "changes": changes})
+    if cfg.max_minutes > 0:
+        log.info(
+            "max_minutes=%g: the run stops, checkpoints and exports when that wall-clock time is "
+            "spent, even before optim.steps=%d (max_minutes=0 lifts the cap)",
+            cfg.max_minutes,
+            cfg.optim.steps,
         )
 
     torch.manual_seed(cfg.seed)
@@ -371,13 +583,19 @@ def main(cfg: TrainConfig) -> dict:
         ("crops.local_size", cfg.crops.local_size),
     ):
         if size % patch:
-            raise ValueError(
+            raise ConfigError(
                 f"{name} = {size} is not a multiple of the patch size {patch} of {cfg.model.arch}"
             )
     loader = Loader(
-        shards, cfg.data, cfg.crops, patch, cfg.seed, rank, world, pin_memory=device.type == "cuda"
-    )
-    step = _resume(cfg, meta, optimizer, loader, fsdp, rank, world, index_hash)
+        shards, cfg.data, cfg.crops, patch, cfg.seed, rank, world,
+        pin_memory=device.type == "cuda", records=records,
+    )  # fmt: skip
+    step = 0
+    if resumed is not None:
+        step = _resume(cfg, meta, optimizer, loader, fsdp, rank, world, *resumed)
+        resumed = state = None  # the model holds it now
+    if rank == 0:
+        record_config(out_dir, cfg, start_step)
     if cfg.compile:
         student_call = torch.compile(student_call)
     n_params = sum(p.numel() for p in meta.student.backbone.parameters())
@@ -438,9 +656,14 @@ def main(cfg: TrainConfig) -> dict:
             out_of_time = (
                 cfg.max_minutes > 0 and time.perf_counter() - run_start > cfg.max_minutes * 60
             )
-            flags = [float(preempt.requested), float(out_of_time)]
+            flags = [
+                float(preempt.requested),
+                float(out_of_time),
+                float(loader.skipped_samples),
+                float(loader.skipped_shards),
+            ]
             # One all-reduce per step: the loss terms (for logging and the finite check, so
-            # every rank stops together) and the stop flags.
+            # every rank stops together), the stop flags and the skipped-data counts.
             reduced = torch.cat(
                 [
                     torch.stack([losses[n].detach().float() for n in names]),
@@ -449,9 +672,10 @@ def main(cfg: TrainConfig) -> dict:
             )
             if world > 1:
                 dist.all_reduce(reduced)
-            values = (reduced[:-2] / world).tolist()
-            stop_requested = reduced[-2].item() > 0
-            time_up = reduced[-1].item() > 0
+            values = (reduced[:-4] / world).tolist()
+            stop_requested = reduced[-4].item() > 0
+            time_up = reduced[-3].item() > 0
+            skipped_samples, skipped_shards = int(reduced[-2].item()), int(reduced[-1].item())
             if not math.isfinite(values[-1]):
                 terms = ", ".join(f"{n}={v:.4g}" for n, v in zip(names, values, strict=True))
                 raise FloatingPointError(
@@ -490,7 +714,9 @@ def main(cfg: TrainConfig) -> dict:
                     "step_time_s": elapsed / max(window_steps, 1),
                     "data_wait": window_wait / max(elapsed, 1e-9),
                     "epoch": loader.epoch,
-                    "data_errors": sum(loader.errors.values()),
+                    "skipped_samples": skipped_samples,
+                    "skipped_shards": skipped_shards,
+                    "data_errors": skipped_samples + skipped_shards,
                     **{f"stats/{k}": float(v) for k, v in step_stats.items()},
                 }
                 if device.type == "cuda":
@@ -509,15 +735,17 @@ def main(cfg: TrainConfig) -> dict:
                 break
             if time_up:
                 log.warning(
-                    "max_minutes=%g spent at step %d of %d: stopping and exporting",
+                    "stopped by max_minutes=%g at step %d of optim.steps=%d, before the schedule "
+                    "ended: checkpointing and exporting (the export records the step); run again "
+                    "to continue, or set max_minutes=0 to run every step",
                     cfg.max_minutes,
                     step,
                     cfg.optim.steps,
                 )
                 break
             if cfg.ckpt_every > 0 and step % cfg.ckpt_every == 0 and step < stop_at:
-                _save(cfg, meta, optimizer, loader, step, fsdp, rank, world, index_hash)
-        _save(cfg, meta, optimizer, loader, step, fsdp, rank, world, index_hash)
+                _save(cfg, meta, optimizer, loader, step, fsdp, rank, world, index_hash, history)
+        _save(cfg, meta, optimizer, loader, step, fsdp, rank, world, index_hash, history)
         if cfg.export and (step >= cfg.optim.steps or time_up):
             teacher_backbone = module_state(meta.teacher.backbone, fsdp)
             if rank == 0:
@@ -529,6 +757,7 @@ def main(cfg: TrainConfig) -> dict:
                         "config": to_dict(cfg),
                         "physical_augmentation": cfg.data.physical_augmentation,
                         "time_limited": step < cfg.optim.steps,
+                        "config_history": history,
                     },
                 )  # fmt: skip
                 log.info("exported teacher backbone to %s", export_path)
@@ -537,6 +766,16 @@ def main(cfg: TrainConfig) -> dict:
         metrics.close()
         if bar is not None:
             bar.close()
+    if "loss/total" in last:
+        log.info(
+            "step %d of %d: loss %.4f, %.1f images/s; skipped %d samples, %d shards",
+            step,
+            cfg.optim.steps,
+            last["loss/total"],
+            last.get("images_per_s", 0.0),
+            int(last.get("skipped_samples", 0)),
+            int(last.get("skipped_shards", 0)),
+        )
     return {
         "step": step,
         "last": last,

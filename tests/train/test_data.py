@@ -14,7 +14,15 @@ import torch
 from phieat import schema
 from train import augment
 from train.config import load_config
-from train.data import DataError, Loader, ShardStream, choose_views, expand_urls, read_index
+from train.data import (
+    DataError,
+    Loader,
+    ShardStream,
+    SkipCounter,
+    choose_views,
+    expand_urls,
+    read_index,
+)
 from train.synthetic import make_materials, write_synthetic_shards
 
 
@@ -147,22 +155,17 @@ def test_streams_split_samples_across_ranks_and_workers(shard_dir):
     seen = []
     for rank in range(2):
         stream = ShardStream(shards, cfg.data, cfg.crops, 8, seed=0, rank=rank, world=2)
-        raw = list(stream._epoch_raw(0, rank, 2, errors=_Counter()))
+        raw = list(stream._epoch_raw(0, rank, 2, skips=SkipCounter("raise", 0)))
         seen.append({r["__key__"] for r in raw})
     assert not (seen[0] & seen[1]) and len(seen[0] | seen[1]) == 12
     # More streams than shards: every stream reads every shard and keeps every S-th sample.
     seen = []
     for s in range(6):
         stream = ShardStream(shards, cfg.data, cfg.crops, 8, seed=0, rank=s, world=6)
-        seen.append({r["__key__"] for r in stream._epoch_raw(0, s, 6, errors=_Counter())})
+        seen.append(
+            {r["__key__"] for r in stream._epoch_raw(0, s, 6, skips=SkipCounter("raise", 0))}
+        )
     assert sum(len(k) for k in seen) == 12 and len(set().union(*seen)) == 12
-
-
-class _Counter:
-    count = 0
-
-    def __call__(self, exc):
-        raise exc
 
 
 def test_loader_resume_gives_the_same_next_batches(shard_dir):

@@ -57,13 +57,18 @@ def resolve_shards(url: str) -> tuple[list[str], dict | None]:
     """Shard URLs of a dataset, and its ``index.json`` when there is one.
 
     ``url`` may be a ``.tar`` file, a brace pattern (``dir/shard-{000000..000009}.tar``), an
-    ``index.json`` path, or a folder/URL prefix holding ``index.json`` (or, for a local
-    folder without one, ``shard-*.tar`` files).
+    ``index.json`` path, a folder/URL prefix holding ``index.json`` (or, for a local folder
+    without one, ``shard-*.tar`` files), or a dataset folder whose ``latest.json`` names the
+    version folder.
     """
     if "{" in url:
         return list(braceexpand.braceexpand(url)), None
     if url.endswith(".tar"):
         return [url], None
+    if not url.endswith(".json"):  # a dataset folder: latest.json names the version folder
+        fs, path = fsspec.core.url_to_fs(_join(url, "latest.json"))
+        if fs.exists(path) and not fs.exists(posixpath.join(posixpath.dirname(path), "index.json")):
+            url = _join(url, _read_json(_join(url, "latest.json"))["version"])
     index_url = url if url.endswith(".json") else _join(url, schema.INDEX_NAME)
     base = url.rsplit("/", 1)[0] if url.endswith(".json") else url
     fs, path = fsspec.core.url_to_fs(index_url)
