@@ -183,13 +183,15 @@ def stage_eval(out: Path, data: dict[str, Path], runs: dict[str, Path]) -> Path:
 
 
 def headline(eval_dir: Path) -> str:
-    """The table printed at the end: one row per model (the report's own headline table)."""
-    from train.eval.report import headline_table
+    """The tables printed at the end: one row per model (the report's own headline table),
+    then, with several seeds, each model's mean ± half the spread over seeds."""
+    from train.eval.report import headline_table, seed_table
 
     models = {
         f.parent.name: json.loads(f.read_text()) for f in sorted(eval_dir.glob("*/metrics.json"))
     }
-    return headline_table(models)
+    seeds = seed_table(models)
+    return headline_table(models) + ("\n\nover seeds:\n" + seeds if seeds else "")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -337,7 +337,8 @@ def linear_probe(
     batch, deterministic from zero init), the decay with the best ``val`` score is kept
     (ties: the larger decay) and that probe is scored on ``test``. Test labels never seen in
     train can't be predicted; they count as errors and are reported in ``n_test_unseen``.
-    ``chance`` is the score of the train split's most frequent label on the test split.
+    ``chance`` is the score of the train split's most frequent label on the test split;
+    ``predictions`` ``(n_test,)`` the predicted labels.
 
     ``balanced``: classes weigh inversely to their train frequency in the fit, and the score
     is balanced accuracy (mean recall over the test split's classes; a constant guess gets
@@ -375,9 +376,11 @@ def linear_probe(
     finally:
         torch.set_num_threads(threads)
     with torch.no_grad():
-        test_acc = _score(best[2](t_xte).argmax(1).numpy(), e_te, balanced)
+        pred = best[2](t_xte).argmax(1).numpy()
+    test_acc = _score(pred, e_te, balanced)
     return {
         "accuracy": test_acc,
+        "predictions": classes[pred],
         "chance": _constant_score(encode(ytr), e_te, balanced),
         "balanced": balanced,
         "weight_decay": best[1],
@@ -441,13 +444,19 @@ def linear_probe_folds(
     With ``val`` (``(feats, labels)`` of a separate val set) the probe fits on every other
     fold and chooses its weight decay on ``val``; without it, fold ``f+1`` chooses the weight
     decay and the rest fits. A fold whose train split has fewer than 2 labels is skipped and
-    counted. Returns the mean test ``accuracy`` and ``chance`` over folds, and each fold's.
+    counted. ``accuracy`` scores the pooled predictions (each item predicted once, by the
+    fold that held it out); ``chance`` scores each fold's best constant guess (its train
+    split's most frequent label) pooled the same way, or, for balanced accuracy, is 1 / the
+    number of classes (what any guess blind to the features gets in expectation); ``folds``
+    holds each fold's own scores.
     """
     feats = np.asarray(feats)
     labels = _labels(labels, feats.shape[0], "labels")
     fold = _labels(fold, feats.shape[0], "fold")
     n_folds = int(fold.max()) + 1 if fold.size else 0
-    runs = []
+    balanced = bool(kwargs.get("balanced", False))
+    runs: list[tuple[int, dict]] = []
+    guesses: list = []  # each fold's best constant guess: its train split's majority label
     for f in range(n_folds):
         te = fold == f
         if val is None:
@@ -459,16 +468,26 @@ def linear_probe_folds(
             val_split = val
         if not te.any() or np.unique(labels[tr]).size < 2:
             continue
-        runs.append(
-            linear_probe((feats[tr], labels[tr]), val_split, (feats[te], labels[te]), **kwargs)
-        )
+        res = linear_probe((feats[tr], labels[tr]), val_split, (feats[te], labels[te]), **kwargs)
+        runs.append((f, res))
+        values, counts = np.unique(labels[tr], return_counts=True)
+        guesses.append(values[int(np.argmax(counts))])
     if not runs:
         return {"accuracy": None, "chance": None, "folds": [], "n_folds_skipped": n_folds}
+    # Every item is predicted once, by the fold that holds it out: score the pooled
+    # predictions (a fold whose test split holds a single class says little on its own).
+    truth = np.concatenate([labels[fold == f] for f, _ in runs])
+    pred = np.concatenate([r.pop("predictions") for _, r in runs])
+    guess = np.concatenate(
+        [np.full(r["n_test"], g, dtype=object) for (_, r), g in zip(runs, guesses, strict=True)]
+    )
+    # Balanced accuracy: any guess that ignores the features scores 1 / K in expectation.
+    chance = 1.0 / np.unique(truth).size if balanced else _score(guess, truth, False)
     return {
-        "accuracy": float(np.mean([r["accuracy"] for r in runs])),
-        "chance": float(np.mean([r["chance"] for r in runs])),
-        "n_test_unseen": int(sum(r["n_test_unseen"] for r in runs)),
-        "folds": runs,
+        "accuracy": _score(pred.astype(str), truth.astype(str), balanced),
+        "chance": float(chance),
+        "n_test_unseen": int(sum(r["n_test_unseen"] for _, r in runs)),
+        "folds": [r for _, r in runs],
         "n_folds_skipped": n_folds - len(runs),
     }
 

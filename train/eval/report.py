@@ -243,6 +243,40 @@ CHANCE_NOTE = (
     "threshold, the most these similarity maps allow."
 )
 
+PROBES = (
+    ("linear_probe", "category"),
+    ("probe_roughness", "roughness bucket"),
+    ("probe_metal", "metal vs dielectric"),
+)
+
+
+def below_chance_lines(models: dict[str, dict]) -> list[str]:
+    """One line per probe naming the models that do not beat its chance level, saying what
+    that means, so that a number at chance is never read as a result."""
+    lines = []
+    for key, task in PROBES:
+        below, chance = [], None
+        for name, m in models.items():
+            probe = m.get(key, {})
+            acc = probe.get("accuracy")
+            if acc is None or probe.get("chance") is None or acc > probe["chance"]:
+                continue
+            chance = probe["chance"]
+            below.append(f"{name} ({acc:.3f})")
+        if below:
+            where = (
+                ""
+                if key == "linear_probe"
+                else ", not in a form that carries over to families never seen"
+            )
+            lines.append(
+                f"- The {task} probe does not beat its chance level ({chance:.3f}) for "
+                + ", ".join(below)
+                + f": their features do not carry the {task} linearly{where}."
+            )
+    return lines
+
+
 FEW_QUERIES = 30  # a metric scored on fewer queries than this is flagged in the report
 
 
@@ -277,25 +311,50 @@ def _r1(m: dict) -> float | None:
     return m.get("retrieval", {}).get("recall@1")
 
 
+SEED_COLUMNS = (
+    "R@1",
+    "mAP",
+    "R@1 mask",
+    "probe cat.",
+    "probe rough.",
+    "probe metal",
+    "sel. IoU",
+    "sel. oracle",
+    "intra/inter",
+)
+
+
 def seed_table(models: dict[str, dict]) -> str:
-    """Markdown table of groups with 2+ seeds: mean and spread (max - min) of key metrics."""
-    rows = []
-    for group, names in seed_groups(models).items():
-        if len(names) < 2:
-            continue
-        cells = []
-        for key in ("R@1", "mAP", "R@1 same-colour", "sel. IoU"):
-            f = next(fn for h, _, fn in HEADLINE if h == key)
-            vals = [f(models[n]) for n in names]
-            vals = np.array([v for v in vals if v is not None], float)
-            cells.append(f"{vals.mean():.3f} ± {np.ptp(vals) / 2:.3f}" if vals.size else "-")
-        rows.append(f"| {group} | {len(names)} | " + " | ".join(cells) + " |")
-    if not rows:
+    """Markdown table, one row per seed group (``seed_groups``): mean ± half the spread
+    (max - min) over its seeds of the main metrics, a single model's value as it is, and the
+    chance row of the headline table. Empty when no group has 2+ seeds."""
+    groups = seed_groups(models)
+    if all(len(names) < 2 for names in groups.values()):
         return ""
-    head = (
-        "| group | seeds | R@1 | mAP | R@1 same-colour | sel. IoU |\n|---|---:|---:|---:|---:|---:|"
+    fns = {h: fn for h, _, fn in HEADLINE}
+    rows = [
+        "| model | seeds | " + " | ".join(SEED_COLUMNS) + " |",
+        "|---|---:|" + "---:|" * len(SEED_COLUMNS),
+    ]
+    for group, names in groups.items():
+        cells = []
+        for key in SEED_COLUMNS:
+            vals = np.array([v for v in (fns[key](models[n]) for n in names) if v is not None])
+            if not vals.size:
+                cells.append("-")
+            elif vals.size == 1:
+                cells.append(f"{vals[0]:.3f}")
+            else:
+                cells.append(f"{vals.mean():.3f} ± {np.ptp(vals) / 2:.3f}")
+        rows.append(f"| {group} | {len(names)} | " + " | ".join(cells) + " |")
+    chance = headline_table(models).splitlines()[-1].strip("|").split("|")
+    by_name = dict(zip([h for h, _, _ in HEADLINE], [c.strip() for c in chance[1:]], strict=False))
+    rows.append(
+        "| *chance / select all* | | "
+        + " | ".join(by_name.get(k, "-") for k in SEED_COLUMNS)
+        + " |"
     )
-    return head + "\n" + "\n".join(rows)
+    return "\n".join(rows)
 
 
 def _contrast_on(m: dict) -> bool | None:
@@ -500,7 +559,7 @@ def write_report(out_dir: str | Path) -> Path:
         f"{first.get('selection', {}).get('threshold_from', 'a separate split')}.",
         "",
     ]
-    few = few_query_lines(models)
+    few = few_query_lines(models) + below_chance_lines(models)
     lines += [*few, ""] if few else []
     comp = comparison_lines(models)
     if comp:

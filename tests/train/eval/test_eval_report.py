@@ -90,7 +90,9 @@ def test_seed_groups_and_comparison():
     assert "is larger: **physical** is ahead" in lines[0]
     assert "one seed on a side" in lines[1]
     table = R.seed_table(models)
-    assert "| physical | 2 | 0.620 ± 0.020 |" in table and "pixels" not in table
+    assert "| physical | 2 | 0.620 ± 0.020 |" in table and "| pixels | 1 | 0.200 |" in table
+    assert table.splitlines()[-1].startswith("| *chance / select all* |")
+    assert R.seed_table({"a": models["pixels"], "b": models["physical-s0"]}) == ""
 
     def pair(a0: float, a1: float, b0: float, b1: float) -> str:
         """The physical-vs-photometric line of groups a (physical) and b (photometric)."""
@@ -258,3 +260,9 @@ def test_headline_states_chance_and_where_settings_came_from():
     assert row[col["tuned on"]] == "eval part / val"
     (warning,) = R.few_query_lines({"model-a": m})
     assert "selection was scored on only 12 queries" in warning
+    # A probe at its chance level is said to be one; one above it is not.
+    assert R.below_chance_lines({"model-a": m}) == []
+    m["probe_metal"]["accuracy"] = 0.5
+    lines = R.below_chance_lines({"model-a": m})
+    assert len(lines) == 1 and "metal vs dielectric probe does not beat" in lines[0]
+    assert "model-a (0.500)" in lines[0] and "families never seen" in lines[0]
