@@ -14,7 +14,7 @@ $(BIN)/python:
 
 # Re-install whenever the dependency lists change; the stamp makes it a no-op otherwise.
 $(VENV)/.installed: pyproject.toml constraints/py311.txt | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -c constraints/py311.txt -e '.[render,train,dev]'
+	$(BIN)/python -m pip install --quiet -c constraints/py311.txt -e '.[render,cluster,train,dev]'
 	touch $@
 
 setup: $(VENV)/.installed

@@ -81,7 +81,15 @@ class ShardOutcome:
 
 
 class Pool(Protocol):
-    """A renderer pool: ``render.pool.RenderPool`` (Ray) or ``LocalPool`` (this process)."""
+    """A renderer pool: ``render.pool.RenderPool`` (Ray) or ``LocalPool`` (this process).
+
+    After ``run``: ``lost_nodes`` maps each node lost during the run to the shards re-queued
+    from it, and ``requeued`` lists every shard re-queued on another worker (lost node,
+    crashed worker, timeout), once per re-queue.
+    """
+
+    lost_nodes: dict[str, list[str]]
+    requeued: list[str]
 
     @property
     def blender_version(self) -> str: ...
@@ -188,6 +196,8 @@ class LocalPool:
         self.max_rss_mb = max_rss_mb
         self._session: Session | None = None
         self._shards_done = 0
+        self.lost_nodes: dict[str, list[str]] = {}
+        self.requeued: list[str] = []
 
     def _get(self) -> Session:
         if self._session is None:
@@ -235,6 +245,21 @@ class LocalPool:
         self._session = None
 
 
+def _default_ray_auth() -> None:
+    """Speak Ray's token authentication when this machine holds a token and ``RAY_AUTH_MODE``
+    is unset.
+
+    A cluster started with Ray's defaults wants the token, but a client whose mode is unset
+    sends none and is refused; a token sent to a cluster without authentication is ignored.
+    Ray reads the mode once, when it is imported, so this runs before the pool imports it.
+    """
+    if "RAY_AUTH_MODE" in os.environ or "ray" in sys.modules:
+        return
+    token_file = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
+    if os.environ.get("RAY_AUTH_TOKEN") or os.path.isfile(token_file):
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
 def make_pool(
     spec: Spec,
     *,
@@ -256,6 +281,7 @@ def make_pool(
             max_rss_mb=b.max_worker_rss_mb,
             material_timeout_s=b.material_timeout_s,
         )
+    _default_ray_auth()
     from render.pool import RenderPool
 
     return RenderPool(
@@ -339,6 +365,8 @@ class BuildResult:
     complete: bool = False
     exit_code: int = 0
     reasons: list[str] = field(default_factory=list)
+    lost_nodes: dict[str, list[str]] = field(default_factory=dict)
+    requeued: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         rate = self.images_rendered / self.seconds if self.seconds > 0 else 0.0
@@ -351,6 +379,15 @@ class BuildResult:
             f"images   {self.images_rendered} rendered in {self.seconds:.1f} s ({rate:.2f} images/s)",
             f"index    {self.index_url} (complete: {str(self.complete).lower()})",
         ]
+        for node, shards in self.lost_nodes.items():
+            moved = ", ".join(shards) if shards else "no shard in flight"
+            lines.append(f"lost     node {node}: re-queued {moved}")
+        if self.requeued:
+            names = list(dict.fromkeys(self.requeued))
+            lines.append(
+                f"requeued {len(names)} shard(s) rendered again on live workers: "
+                + ", ".join(names)
+            )
         if self.failures:
             lines.append(f"failures {storage.join(self.version_url, FAILURES_NAME)}")
             for record in self.failures[:5]:
@@ -625,6 +662,8 @@ def _build_locked(
     finally:
         outcomes.close()
         bar.close()
+        result.lost_nodes = dict(getattr(pool, "lost_nodes", {}))
+        result.requeued = list(getattr(pool, "requeued", []))
 
     order = {name: i for i, name in enumerate(result.planned)}
     failures = [f for name in sorted(sidecars, key=order.get) for f in sidecars[name]["failures"]]

@@ -15,19 +15,28 @@ A Ray cluster (see docs/cluster.md), outputs to an object store::
     RAY_ADDRESS=ray://head:10001 phieat-render build manifests/full.toml \\
         --output s3://bucket/phieat/full --gpus-per-worker 1
 
+or as a Ray job on the cluster's job server (the head needs the ``cluster`` extra)::
+
+    RAY_ADDRESS=http://head:8265 deploy/submit.sh manifests/full.toml s3://bucket/phieat/full
+
 ``python -m render ...`` is the same program.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
+import shlex
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 
 from phieat.schema import SchemaError
 from render import storage
+from render.errors import BuildStopped, ClusterError
 from render.plan import PlanError
 
 logger = logging.getLogger("phieat.render")
@@ -123,6 +132,35 @@ def cmd_plan(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- build
 
 
+_STOP_SIGNALS: list[int] = []
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """Turn SIGTERM and SIGINT into ``BuildStopped`` while the block runs.
+
+    cron, systemd and Kubernetes stop a program with SIGTERM; raising lets every ``finally``
+    run (shards in flight abandoned, the lock released) instead of dying mid-write.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _STOP_SIGNALS.clear()
+
+    def stop(signum: int, frame: object) -> None:
+        # Remembered too: Ray turns an exception raised inside its waits into a plain
+        # KeyboardInterrupt.
+        _STOP_SIGNALS.append(signum)
+        raise BuildStopped(signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def cmd_build(args: argparse.Namespace) -> int:
     from render.build import build
     from render.spec import replace_build
@@ -136,15 +174,16 @@ def cmd_build(args: argparse.Namespace) -> int:
         max_failure_fraction=args.max_failure_fraction,
         material_timeout_s=args.material_timeout_s,
     )
-    result = build(
-        spec,
-        local=args.local,
-        progress=not args.no_progress,
-        verbose=args.verbose,
-        address=args.address,
-        force_unlock=args.force_unlock,
-        trust_sidecars=args.trust_sidecars,
-    )
+    with stop_on_signals():
+        result = build(
+            spec,
+            local=args.local,
+            progress=not args.no_progress,
+            verbose=args.verbose,
+            address=args.address,
+            force_unlock=args.force_unlock,
+            trust_sidecars=args.trust_sidecars,
+        )
     print(result.summary())
     if args.preview and result.rendered + result.skipped:
         from render.preview import write_preview
@@ -221,7 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="render what is missing of a dataset and write its index",
         description="Render every shard of the plan that is missing, corrupt or stale, publish "
         "each atomically with a sidecar, and write failures.jsonl and index.json. Re-running "
-        "resumes; exit status 1 when shards are missing or failures exceed the threshold.",
+        "resumes; exit status 1 when shards are missing or failures exceed the threshold. "
+        "SIGTERM or Ctrl-C stops cleanly (shards in flight abandoned, lock released; exit "
+        "status 143 or 130): run the same command again to resume.",
         epilog="examples:\n"
         "  phieat-render build manifests/tiny.toml --preview out/tiny.png\n"
         "  phieat-render build manifests/tiny.toml --local          # no Ray, one process\n"
@@ -321,6 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
@@ -328,13 +370,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print(
-            "interrupted: published shards are kept; run the same command again to resume",
-            file=sys.stderr,
-        )
-        return 130
-    except (PlanError, SchemaError, storage.StorageError) as exc:
+    except KeyboardInterrupt as exc:
+        if not isinstance(exc, BuildStopped):
+            exc = BuildStopped(_STOP_SIGNALS[-1] if _STOP_SIGNALS else signal.SIGINT)
+        name = exc.signal_name
+        if args.command == "build":
+            print(
+                f"stopped by {name}: published shards are kept, shards in flight were "
+                f"abandoned; resume with the same command: phieat-render {shlex.join(argv)}",
+                file=sys.stderr,
+            )
+        else:
+            print(f"stopped by {name}", file=sys.stderr)
+        return exc.exit_code
+    except (PlanError, SchemaError, storage.StorageError, ClusterError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except ValueError as exc:  # SpecError and friends carry the key to fix

@@ -1,11 +1,15 @@
 """Errors raised by the render half that callers are expected to catch and record.
 
-Both carry the material ID and a human-readable reason so a failure record in
-``failures.jsonl`` says which material broke and what to fix. This module is plain Python:
-the planner and shard writer import it without Blender.
+``MaterialError`` and ``RenderError`` carry the material ID and a human-readable reason so a
+failure record in ``failures.jsonl`` says which material broke and what to fix.
+``ClusterError`` says why Ray cannot run a build; ``BuildStopped`` is a clean stop on
+SIGTERM/SIGINT. This module is plain Python: the planner and shard writer import it without
+Blender or Ray.
 """
 
 from __future__ import annotations
+
+import signal
 
 
 class MaterialError(RuntimeError):
@@ -30,3 +34,28 @@ class RenderError(RuntimeError):
 
     def __reduce__(self):
         return (type(self), (self.material_id, self.reason))
+
+
+class BuildStopped(KeyboardInterrupt):
+    """The program got SIGTERM or SIGINT and is stopping cleanly.
+
+    A ``KeyboardInterrupt`` so that every ``finally`` on the way out runs as for Ctrl-C:
+    shards in flight are abandoned, the dataset lock is released, published shards stay.
+    ``exit_code`` is the shell's convention, 128 + the signal number (143, 130).
+    """
+
+    def __init__(self, signum: int) -> None:
+        self.signum = int(signum)
+        self.signal_name = signal.Signals(self.signum).name
+        self.exit_code = 128 + self.signum
+        super().__init__(f"stopped by {self.signal_name}")
+
+    def __reduce__(self):
+        return (type(self), (self.signum,))
+
+
+class ClusterError(RuntimeError):
+    """Ray cannot run the build as asked: no connection, no token, no node can host a worker.
+
+    The message names what to change (an option, an environment variable, a node to add).
+    """

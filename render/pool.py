@@ -27,6 +27,17 @@ lock with a persistent kernel cache, so a node compiles once and the rest of its
 the cache. The bpy wheel cannot use the GPUs of the machines this project is tested on, so
 that path is covered by logic tests with a fake session only.
 
+Elastic pool: a task is handed only to an actor that has started (its ``info`` call
+returned), so a replacement actor that no node can host never holds a shard. When an actor
+is lost with its node (spot preemption, a dead raylet: the actor is reported dead with its
+node, or unreachable before Ray marks the node dead), its shard goes back to the front of
+the queue at once, without using up ``shard_attempts`` (at most ``MAX_NODE_LOSSES`` times),
+and the next free live actor takes it. A new actor that has not started within
+``placement_timeout_s`` is dropped with a warning naming the node it replaced; the pool is
+topped up again when the cluster has room (an autoscaler added a node, or ``workers = 0``
+and a node joined). Every driver-side ``ray.get`` has a timeout; with no live actor for
+``placement_timeout_s`` the remaining shards fail with a message instead of waiting forever.
+
 Local mode: ``ray.init()`` on this machine's cores. A cluster: ``RAY_ADDRESS`` or
 ``address=`` (see docs/cluster.md).
 """
@@ -36,7 +47,9 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import signal
 import socket
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -54,6 +67,7 @@ from render.build import (
     blender_session_factory,
     should_recycle,
 )
+from render.errors import ClusterError
 from render.writer import Session, render_shard
 
 logger = logging.getLogger("phieat.render")
@@ -186,6 +200,7 @@ class _Worker:
             "pid": os.getpid(),
             "host": socket.gethostname(),
             "node_id": ray.get_runtime_context().get_node_id(),
+            "ip": ray.util.get_node_ip_address(),
             "blender_version": self.session.blender_version,
             "device": self.device,
             "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
@@ -225,15 +240,52 @@ class _Worker:
 RenderWorker = ray.remote(max_restarts=0, max_task_retries=0)(_Worker)
 
 
-class _Slot:
-    """One actor as the driver sees it."""
+# Bound on every driver-side ``ray.get``: results waited for are ready (or nearly), so a get
+# that times out means the cluster lost them; the build goes on instead of hanging.
+GET_TIMEOUT_S = 60.0
+# How long a new actor may take to be placed and start before the pool drops it (seconds);
+# ``PHIEAT_PLACEMENT_TIMEOUT_S`` overrides it (an autoscaler adding a node needs minutes).
+DEFAULT_PLACEMENT_TIMEOUT_S = 300.0
+# How often the driver compares the pool with the cluster (lost nodes, room for actors).
+CHECK_EVERY_S = 1.0
+# A shard re-queued this many times for lost nodes without an attempt charged; after that a
+# loss counts as a failed attempt (a shard that takes its node down must not loop forever).
+MAX_NODE_LOSSES = 5
 
-    def __init__(self, actor: Any, info_ref: Any, serial: int) -> None:
+
+class _Slot:
+    """One actor as the driver sees it; it is given shards only once it has started."""
+
+    def __init__(self, actor: Any, info_ref: Any, serial: int, replaces: str = "") -> None:
         self.actor = actor
         self.info_ref = info_ref
         self.serial = serial
+        self.created = time.monotonic()
+        # The actor's ``info()`` once it arrived: the actor was placed and holds a session.
+        self.info: dict[str, Any] | None = None
+        # Node id of the dead worker this actor replaces ("" for a first or recycled actor).
+        self.replaces = replaces
         self.shards = 0
         self.warm_ref: Any = None
+
+
+def _program_signal_handlers() -> dict[int, Any]:
+    """SIGTERM/SIGINT handlers the program installed itself (Python callables), if any."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    handlers = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        handler = signal.getsignal(sig)
+        if callable(handler) and handler is not signal.default_int_handler:
+            handlers[sig] = handler
+    return handlers
+
+
+_TOKEN_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
+def _token_notice_filter(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Token authentication is enabled")
 
 
 def ensure_ray(
@@ -244,7 +296,11 @@ def ensure_ray(
 ) -> None:
     """Connect to ``address`` / ``RAY_ADDRESS``, or start a local Ray on this machine.
 
-    ``num_cpus`` / ``num_gpus`` (local Ray only) default to what the machine has.
+    ``num_cpus`` / ``num_gpus`` (local Ray only) default to what the machine has. A local
+    Ray keeps Ray's default, token authentication on (unless ``RAY_AUTH_MODE`` says
+    otherwise); only Ray's notice about it is left out. ``ray.init`` replaces the SIGTERM
+    handler with its own; a handler the program installed before (the CLI's clean stop) is
+    put back.
     """
     if ray.is_initialized():
         return
@@ -254,16 +310,40 @@ def ensure_ray(
         "log_to_driver": verbose,
         "logging_level": logging.INFO if verbose else logging.WARNING,
     }
+    handlers = _program_signal_handlers()
     if address:
-        ray.init(address=address, **kwargs)
+        try:
+            ray.init(address=address, **kwargs)
+        except (ConnectionError, ray.exceptions.AuthenticationError) as exc:
+            mode = os.environ.get("RAY_AUTH_MODE", "unset")
+            raise ClusterError(
+                f"cannot connect to the Ray cluster at {address} ({_first_line(exc)}); with "
+                f"RAY_AUTH_MODE {mode}: a cluster with token authentication needs "
+                "RAY_AUTH_MODE=token here and its token in RAY_AUTH_TOKEN or ~/.ray/auth_token "
+                "(docs/cluster.md, Authentication); else check the address and that the head runs"
+            ) from None
     else:
-        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, **kwargs)
+        # The notice that a new local Ray keeps Ray's default (token authentication on, the
+        # token in ~/.ray/auth_token) says nothing a one-machine build needs to act on.
+        token_log = logging.getLogger(_TOKEN_LOGGER)
+        token_log.addFilter(_token_notice_filter)
+        try:
+            ray.init(num_cpus=num_cpus, num_gpus=num_gpus, **kwargs)
+        finally:
+            token_log.removeFilter(_token_notice_filter)
+    for sig, handler in handlers.items():
+        signal.signal(sig, handler)
 
 
 def shutdown_ray() -> None:
     """Disconnect from (or stop the local) Ray."""
     if ray.is_initialized():
         ray.shutdown()
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__
 
 
 class RenderPool:
@@ -284,6 +364,7 @@ class RenderPool:
         address: str | None = None,
         kernel_cache: str | Path = DEFAULT_KERNEL_CACHE,
         poll_s: float = 0.5,
+        placement_timeout_s: float | None = None,
     ) -> None:
         ensure_ray(address, verbose=not quiet)
         self.factory = session_factory
@@ -297,24 +378,27 @@ class RenderPool:
         self.quiet = quiet
         self.kernel_cache = str(kernel_cache)
         self.poll_s = poll_s
+        if placement_timeout_s is None:
+            placement_timeout_s = float(
+                os.environ.get("PHIEAT_PLACEMENT_TIMEOUT_S", DEFAULT_PLACEMENT_TIMEOUT_S)
+            )
+        self.placement_timeout_s = placement_timeout_s
+        # workers = 0: as many actors as the cluster fits, now and as nodes come and go.
+        self.auto_workers = workers <= 0
         if workers <= 0:
-            cpus = int(ray.cluster_resources().get("CPU", 1))
-            workers = max(1, cpus // threads_per_worker)
-            if gpus_per_worker:
-                workers = min(
-                    workers, int(ray.cluster_resources().get("GPU", 0) // gpus_per_worker)
+            workers = self._fitting_workers()
+            if gpus_per_worker and workers < 1:
+                raise ClusterError(
+                    f"--gpus-per-worker {gpus_per_worker} asked for, but the Ray cluster "
+                    f"has {ray.cluster_resources().get('GPU', 0)} GPUs"
                 )
-                if workers < 1:
-                    raise RuntimeError(
-                        f"--gpus-per-worker {gpus_per_worker} asked for, but the Ray cluster "
-                        f"has {ray.cluster_resources().get('GPU', 0)} GPUs"
-                    )
+            workers = max(1, workers)
         self.workers = workers
         total = ray.cluster_resources()
         if total.get("CPU", 0) < threads_per_worker or (
             gpus_per_worker and total.get("GPU", 0) < gpus_per_worker
         ):
-            raise RuntimeError(
+            raise ClusterError(
                 f"one worker needs {threads_per_worker} CPUs and {gpus_per_worker:g} GPUs but the "
                 f"Ray cluster has {total.get('CPU', 0):g} CPUs and {total.get('GPU', 0):g} GPUs in "
                 "all: lower --threads-per-worker / --gpus-per-worker or add nodes"
@@ -336,12 +420,33 @@ class RenderPool:
         self._in_flight: dict[Any, tuple[_Slot, dict, float]] = {}
         self.crashes = 0
         self.recycled = 0
+        # Of the last run: lost node -> shards re-queued from it; every re-queued shard.
+        self.lost_nodes: dict[str, list[str]] = {}
+        self.requeued: list[str] = []
+        # Nodes whose actor died while the node still looked alive: checked again later.
+        self._suspects: dict[str, list[str]] = {}
+        self._node_names: dict[str, str] = {}
+        self._node_losses: dict[str, int] = {}
+        self._next_check = 0.0
+        self._last_probe = time.monotonic()
+        self._dropped = 0
         # Called with (shard name, actor pid) when a shard is handed to an actor (monitoring).
         self.on_submit: Callable[[str, int], None] | None = None
 
     # -- actors
 
-    def _new_slot(self) -> _Slot:
+    def _fitting_workers(self) -> int:
+        """How many actors the cluster's resources hold (alive nodes only)."""
+        total = ray.cluster_resources()
+        workers = int(total.get("CPU", 0) // self.threads)
+        if self.gpus:
+            workers = min(workers, int(total.get("GPU", 0) // self.gpus))
+        return workers
+
+    def _target(self) -> int:
+        return max(1, self._fitting_workers()) if self.auto_workers else self.workers
+
+    def _new_slot(self, replaces: str = "") -> _Slot:
         self._serial += 1
         actor = RenderWorker.options(
             num_cpus=self.threads,
@@ -356,31 +461,175 @@ class RenderPool:
             self._board,
             self._serial,
         )
-        return _Slot(actor, actor.info.remote(), self._serial)
+        return _Slot(actor, actor.info.remote(), self._serial, replaces)
 
-    def _retire(self, slot: _Slot, replace: bool = True) -> None:
+    def _retire(self, slot: _Slot, replace: bool = True, replaces: str = "") -> None:
         ray.kill(slot.actor, no_restart=True)
         self._seen.pop(slot.serial, None)
         if slot in self._slots:
             i = self._slots.index(slot)
             if replace:
-                self._slots[i] = self._new_slot()
+                self._slots[i] = self._new_slot(replaces)
             else:
                 self._slots.pop(i)
 
+    def _poll_starting(self) -> None:
+        """Note actors that have started; drop those not started within the placement limit."""
+        starting = [slot for slot in self._slots if slot.info is None]
+        if not starting:
+            return
+        ready, _ = ray.wait([s.info_ref for s in starting], num_returns=len(starting), timeout=0)
+        now = time.monotonic()
+        for slot in starting:
+            if slot.info_ref in ready:
+                try:
+                    slot.info = ray.get(slot.info_ref, timeout=GET_TIMEOUT_S)
+                except ray.exceptions.RayActorError as exc:
+                    if getattr(exc, "actor_init_failed", False):
+                        raise ClusterError(
+                            f"render worker {slot.serial} failed to start: {_first_line(exc)}"
+                        ) from None
+                    # Lost with its node before it started: topped up later.
+                    self._slots.remove(slot)
+                    logger.warning(
+                        "worker %d was lost before it started (%s)",
+                        slot.serial,
+                        type(exc).__name__,
+                    )
+                except ray.exceptions.RayError as exc:
+                    self._slots.remove(slot)
+                    ray.kill(slot.actor, no_restart=True)
+                    logger.warning("worker %d did not start: %s", slot.serial, _first_line(exc))
+                continue
+            if now - slot.created > self.placement_timeout_s:
+                self._drop(slot)
+
+    def _drop(self, slot: _Slot) -> None:
+        """Give up on an actor that no node could host in time: the pool shrinks."""
+        self._slots.remove(slot)
+        ray.kill(slot.actor, no_restart=True)
+        self._dropped += 1
+        live = sum(1 for s in self._slots if s.info is not None)
+        what = ""
+        if slot.replaces:
+            name = self._node_names.get(slot.replaces, slot.replaces[:8])
+            lost = name in self.lost_nodes or slot.replaces in self._dead_nodes({slot.replaces})
+            what = f" (replacing a worker {'of lost node' if lost else 'that died on node'} {name})"
+        # A repeated probe for room (see _top_up) is no news: only the first drop warns.
+        log = logger.warning if self._dropped == 1 or slot.replaces else logger.info
+        log(
+            "worker %d%s could not be placed within %.0f s: the pool shrinks to %d live "
+            "worker(s); it grows again when the cluster has room",
+            slot.serial,
+            what,
+            self.placement_timeout_s,
+            live,
+        )
+
+    def _top_up(self, now: float, force: bool = False) -> None:
+        """Start actors up to the target where the cluster has room (or ``force``: all).
+
+        Without room, one actor is started every ``placement_timeout_s`` anyway: its pending
+        request is what tells an autoscaler to add a node.
+        """
+        missing = self._target() - len(self._slots)
+        if missing <= 0:
+            return
+        starting = sum(1 for s in self._slots if s.info is None)
+        if force:
+            count = missing
+        else:
+            free = ray.available_resources()
+            room = int(free.get("CPU", 0) // self.threads)
+            if self.gpus:
+                room = min(room, int(free.get("GPU", 0) // self.gpus))
+            count = min(missing, max(0, room - starting))
+            if not count and not starting and now - self._last_probe >= self.placement_timeout_s:
+                count = 1
+        if not count:
+            return
+        self._last_probe = now
+        logger.info("starting %d more worker(s) for a pool of %d", count, self._target())
+        self._slots += [self._new_slot() for _ in range(count)]
+
+    def _lost_node(self, slot: _Slot, exc: BaseException) -> str:
+        """A description of the slot's node if the actor died with it, else ``""``."""
+        info = slot.info or {}
+        node = info.get("node_id", "")
+        if not node:
+            return ""
+        name = self._node_names[node] = f"{node[:8]} ({info.get('ip') or info.get('host')})"
+        # Unavailable (not dead): the actor's node stopped answering, e.g. its raylet died
+        # and Ray has not marked the node dead yet (that takes 15-40 s).
+        gone = (
+            isinstance(exc, ray.exceptions.ActorUnavailableError)
+            or bool(getattr(exc, "preempted", False))
+            or "node has died" in str(exc)
+        )
+        if not gone:
+            gone = node in self._dead_nodes({node})
+        if not gone:
+            self._suspects.setdefault(node, [])
+            return ""
+        return name
+
+    def _dead_nodes(self, nodes: set[str]) -> set[str]:
+        try:
+            alive = {n["NodeID"]: n["Alive"] for n in ray.nodes()}
+        except ray.exceptions.RayError:
+            return set()
+        return {node for node in nodes if alive.get(node) is False}
+
+    def _check_suspects(self) -> None:
+        """List nodes marked dead after their actors' deaths were already handled."""
+        if not self._suspects:
+            return
+        for node in self._dead_nodes(set(self._suspects)):
+            shards = self._suspects.pop(node)
+            name = self._node_names.get(node, node[:8])
+            self.lost_nodes.setdefault(name, []).extend(shards)
+            logger.warning(
+                "node %s was lost (its workers had died before; re-queued: %s)",
+                name,
+                ", ".join(shards) or "none",
+            )
+
     @property
     def blender_version(self) -> str:
-        return ray.get(self._slots[0].info_ref)["blender_version"]
+        return self._first_info()["blender_version"]
+
+    def _first_info(self) -> dict[str, Any]:
+        """The info of a started actor, waiting at most ``placement_timeout_s`` for one."""
+        deadline = time.monotonic() + self.placement_timeout_s
+        while True:
+            self._poll_starting()
+            for slot in self._slots:
+                if slot.info is not None:
+                    return slot.info
+            now = time.monotonic()
+            if now > deadline:
+                total = ray.cluster_resources()
+                raise ClusterError(
+                    f"no render worker started within {self.placement_timeout_s:.0f} s: the Ray "
+                    f"cluster has {total.get('CPU', 0):g} CPUs and {total.get('GPU', 0):g} GPUs "
+                    f"and one worker needs {self.threads} CPUs and {self.gpus:g} GPUs; check "
+                    "`ray status`"
+                )
+            self._top_up(now)
+            refs = [slot.info_ref for slot in self._slots]
+            if refs:
+                ray.wait(refs, num_returns=1, timeout=self.poll_s)
+            else:
+                time.sleep(self.poll_s)
 
     def worker_info(self) -> list[dict[str, Any]]:
-        return ray.get([slot.info_ref for slot in self._slots])
+        """The info of every started actor (pid, host, node, device, ...)."""
+        self._poll_starting()
+        return [slot.info for slot in self._slots if slot.info is not None]
 
     def in_flight(self) -> dict[str, int]:
         """Shard name -> pid of the actor rendering it (for tests and status)."""
-        return {
-            shard["name"]: ray.get(slot.info_ref)["pid"]
-            for slot, shard, _ in self._in_flight.values()
-        }
+        return {shard["name"]: slot.info["pid"] for slot, shard, _ in self._in_flight.values()}
 
     def check_output(self, url: str) -> None:
         if storage.is_process_local(url):
@@ -402,13 +651,23 @@ class RenderPool:
         attempts: dict[str, int] = {}
         timeouts: dict[tuple[str, str], int] = {}
         first_job = shards[0]["samples"][0]["views"][0] if shards and shards[0]["samples"] else None
+        self.lost_nodes, self.requeued, self._node_losses, self._suspects = {}, [], {}, {}
+        # A new run starts at full size (actors retired when a previous run was abandoned).
+        self._top_up(time.monotonic(), force=True)
+        starved_since: float | None = None
         try:
             while queue or self._in_flight:
+                now = time.monotonic()
+                self._poll_starting()
+                if now >= self._next_check:
+                    self._next_check = now + CHECK_EVERY_S
+                    self._check_suspects()
+                    self._top_up(now)
                 busy = {id(slot) for slot, _, _ in self._in_flight.values()}
                 for slot in list(self._slots):
                     if not queue:
                         break
-                    if id(slot) in busy:
+                    if slot.info is None or id(slot) in busy:
                         continue
                     if self.gpus and slot.warm_ref is None and first_job is not None:
                         # Queued before the shard on the same actor (actor tasks run in order):
@@ -418,29 +677,57 @@ class RenderPool:
                     ref = slot.actor.render.remote(shard, version_url, max_retries)
                     self._in_flight[ref] = (slot, shard, time.monotonic())
                     if self.on_submit is not None:
-                        self.on_submit(shard["name"], ray.get(slot.info_ref)["pid"])
-                ready, _ = ray.wait(list(self._in_flight), num_returns=1, timeout=self.poll_s)
+                        self.on_submit(shard["name"], slot.info["pid"])
+                waiting = list(self._in_flight) + [
+                    s.info_ref for s in self._slots if s.info is None
+                ]
+                ready = []
+                if waiting:
+                    ready, _ = ray.wait(waiting, num_returns=1, timeout=self.poll_s)
+                else:
+                    time.sleep(self.poll_s)
                 for ref in ready:
-                    yield from self._collect(ref, queue, attempts)
+                    if ref in self._in_flight:
+                        yield from self._collect(ref, queue, attempts)
                 if self.shard_timeout_s:
                     yield from self._expire(queue, attempts)
                 if self.material_timeout_s:
                     self._expire_materials(queue, timeouts, max_retries)
+                if not queue or any(slot.info is not None for slot in self._slots):
+                    starved_since = None
+                elif starved_since is None:
+                    starved_since = time.monotonic()
+                elif time.monotonic() - starved_since > self.placement_timeout_s:
+                    yield from self._starved(queue, attempts)
+            self._check_suspects()
         finally:
             # Abandoned (driver interrupted): stop the actors, and wait until they are gone so
             # no shard is published behind the back of a build that starts next.
             pending = list(self._in_flight)
             for slot, _, _ in list(self._in_flight.values()):
-                self._retire(slot)
+                self._retire(slot, replace=False)
             self._in_flight.clear()
             if pending:
                 ray.wait(pending, num_returns=len(pending), timeout=30)
+
+    def _starved(self, queue: deque, attempts: dict[str, int]) -> Iterator[ShardOutcome]:
+        """No actor has been alive for ``placement_timeout_s``: fail what is left."""
+        lost = f" after losing node(s) {', '.join(self.lost_nodes)}" if self.lost_nodes else ""
+        error = (
+            f"no render worker could run on the Ray cluster for {self.placement_timeout_s:.0f} "
+            f"s{lost}: add nodes and build again"
+        )
+        logger.error("%s; %d shard(s) left unrendered", error, len(queue))
+        while queue:
+            shard = queue.popleft()
+            name = shard["name"]
+            yield ShardOutcome(name, None, error, attempts.get(name, 0) + 1, "")
 
     def _collect(self, ref: Any, queue: deque, attempts: dict[str, int]) -> Iterator[ShardOutcome]:
         slot, shard, _ = self._in_flight.pop(ref)
         name = shard["name"]
         try:
-            out = ray.get(ref)
+            out = ray.get(ref, timeout=GET_TIMEOUT_S)
         except ray.exceptions.RayTaskError as exc:
             # render_shard raised (not a material failure): the actor lives but may be unwell.
             error = f"{type(exc.cause).__name__}: {exc.cause}" if exc.cause else str(exc)
@@ -448,18 +735,40 @@ class RenderPool:
             yield from self._failed(shard, error, queue, attempts, slot)
             return
         except ray.exceptions.RayError as exc:
+            lost = self._lost_node(slot, exc)
+            node = (slot.info or {}).get("node_id", "")
+            losses = self._node_losses[name] = self._node_losses.get(name, 0) + 1
+            if lost and losses <= MAX_NODE_LOSSES:
+                # Not the shard's fault: back to the front of the queue, no attempt used.
+                self._retire(slot, replaces=node)
+                self.lost_nodes.setdefault(lost, []).append(name)
+                self.requeued.append(name)
+                queue.appendleft(shard)
+                logger.warning(
+                    "node %s lost with worker %d: re-queueing %s on a live worker",
+                    lost,
+                    slot.serial,
+                    name,
+                )
+                return
             self.crashes += 1
+            if node in self._suspects:  # listed as the node's if the node turns out lost
+                self._suspects[node].append(name)
             logger.warning(
                 "worker %d died while rendering %s (%s)", slot.serial, name, type(exc).__name__
             )
-            self._retire(slot)
+            self._retire(slot, replaces=node)
             yield from self._failed(
                 shard, f"worker died ({type(exc).__name__})", queue, attempts, slot
             )
             return
         slot.shards += 1
         if slot.warm_ref is not None and slot.shards == 1:
-            warm = ray.get(slot.warm_ref)
+            try:
+                warm = ray.get(slot.warm_ref, timeout=GET_TIMEOUT_S)
+            except ray.exceptions.RayError as exc:  # the shard rendered: only the log is lost
+                warm = {"state": "unknown"}
+                logger.info("worker %d: no kernel warm-up report (%s)", slot.serial, exc)
             if warm["state"] == "compiled":
                 logger.warning(
                     "worker %d compiled Cycles %s kernels on %s in %.0f s (cached for the node)",
@@ -468,7 +777,7 @@ class RenderPool:
                     warm["host"],
                     warm["seconds"],
                 )
-            else:
+            elif warm["state"] == "cached":
                 logger.info(
                     "worker %d: %s kernels from the node cache", slot.serial, warm["device"]
                 )
@@ -498,6 +807,7 @@ class RenderPool:
                 self.shard_attempts,
                 error,
             )
+            self.requeued.append(name)
             queue.appendleft(shard)
             return
         yield ShardOutcome(name, None, error, attempts[name], f"worker {slot.serial}")

@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import threading
+import time
 from collections import Counter
 
 import pool_fakes
@@ -38,6 +39,10 @@ def ray_session():
 @pytest.fixture(scope="module")
 def pool(ray_session):
     pool = RenderPool(workers=2, threads_per_worker=1, recycle_after_shards=0, poll_s=0.1)
+    # Shards go only to started workers: both must be up for both to get a first shard.
+    deadline = time.monotonic() + 120
+    while len(pool.worker_info()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
     yield pool
     pool.close()
 
@@ -217,6 +222,10 @@ def test_gpu_workers_fall_back_to_cuda_and_compile_kernels_once(
         poll_s=0.05,
     )
     try:
+        # Shards go only to started workers: let both start, so both warm up.
+        deadline = time.monotonic() + 60
+        while len(gpu_pool.worker_info()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
         caplog.set_level("INFO", logger="phieat.render")
         result = build(spec, pool=gpu_pool, progress=False)
         devices = {info["device"] for info in gpu_pool.worker_info()}
