@@ -87,7 +87,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
         load_snapshots,
         published_sidecar,
     )
-    from render.plan import dataset_version, describe, estimate, load_catalogs, make_plan
+    from render.plan import (
+        dataset_version,
+        describe,
+        estimate,
+        format_estimate,
+        load_catalogs,
+        make_plan,
+    )
 
     spec = _load(args)
     blender = args.blender_version or expected_blender_version()
@@ -118,14 +125,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
             f"({len(plan.new_shards)} in a new generation{why})"
         )
         shards = todo
-    print(describe(plan, shards, max_shards=args.max_shards))
     if args.estimate:
-        est = estimate(plan, shards, core_s_per_image=args.core_s_per_image)
-        print(
-            f"estimate: {est['images']} images, {est['core_hours']} core-hours "
-            f"({est['core_s_per_image']} core-s per image at {spec.render.resolution} px / "
-            f"{spec.render.samples} samples), {est['bytes'] / 1e9:.3f} GB of {est['image_format']} shards"
-        )
+        est = estimate(plan, shards, core_s_per_image=args.core_s_per_image, cores=args.cores)
+        print(format_estimate(est, spec))
+    print(describe(plan, shards, max_shards=args.max_shards))
     return 0
 
 
@@ -245,9 +248,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--write", metavar="FILE", help="also write the canonical JSON plan to FILE (path or URL)"
     )
     p.add_argument("--diff", action="store_true", help="list only shards a build would render now")
-    p.add_argument("--estimate", action="store_true", help="print images, core-hours and bytes")
+    p.add_argument(
+        "--estimate",
+        action="store_true",
+        help="print images, wall-clock time on --cores cores, core-hours and size first",
+    )
     p.add_argument(
         "--core-s-per-image", type=float, help="cost per image for --estimate (default: model)"
+    )
+    p.add_argument(
+        "--cores",
+        type=int,
+        help="cores the build will use, for the wall-clock time of --estimate "
+        "(default: this machine's)",
     )
     p.add_argument("--max-shards", type=int, default=20, help="shards listed in the summary")
     p.add_argument(
@@ -310,7 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="skip re-hashing published shards (size check only)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--preview", metavar="PNG", help="write a contact sheet of the first shard here")
+    p.add_argument(
+        "--preview", metavar="PNG", help="write a contact sheet (rows from across the shards) here"
+    )
     p.add_argument(
         "-v",
         "--verbose",
@@ -337,15 +352,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "preview",
         help="write a contact sheet PNG: one row per material, its views side by side",
-        description="Contact sheet of one shard: each row is a sample (one material), each "
-        "column one of its V views.",
+        description="Contact sheet of a dataset: each row is a sample (one material), each "
+        "column one of its V views; rows come from shards spread over the index (or --shard).",
         epilog="examples:\n  phieat-render preview out/tiny -o out/tiny.png\n"
         "  phieat-render preview out/demo --shard 2 --rows 20 --thumb 96",
         formatter_class=_Formatter,
     )
     p.add_argument("url", help="dataset output (uses latest.json) or a version folder")
-    p.add_argument("-o", "--out", default="preview.png", help="PNG path or URL to write")
-    p.add_argument("--shard", type=int, default=0, help="which shard of the index (0-based)")
+    p.add_argument(
+        "-o", "--out", help="PNG path or URL to write (default: out/<dataset>-preview.png)"
+    )
+    p.add_argument(
+        "--shard",
+        type=int,
+        help="only this shard of the index (0-based; default: rows from across the shards)",
+    )
     p.add_argument("--rows", type=int, default=12, help="samples (rows) to show")
     p.add_argument("--thumb", type=int, default=128, help="thumbnail size in pixels")
     p.set_defaults(func=cmd_preview)

@@ -48,6 +48,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,6 +67,7 @@ from phieat.schema import (
     shard_name,
     validate_material_id,
 )
+from render.assets.catalog import PathEscapeError, asset_path
 from render.spec import Spec
 
 CATALOG_KINDS = ("materials", "meshes", "lights")
@@ -106,8 +108,8 @@ def load_catalog(path: str | Path, kind: str) -> list[dict]:
     path = Path(path)
     if not path.exists():
         raise PlanError(
-            f"catalog {path} does not exist: create it (phieat-render assets ...) or point "
-            f"[catalogs].{kind} of the spec at another file"
+            f"catalog {path} does not exist: point [catalogs].{kind} of the spec at the "
+            "catalog file (a path relative to the spec's folder, or an absolute path)"
         )
     entries: list[dict] = []
     seen: set[str] = set()
@@ -132,12 +134,53 @@ def load_catalog(path: str | Path, kind: str) -> list[dict]:
             raise PlanError(f"{where}: id {entry['id']!r} appears twice")
         if kind == "materials" and entry["source"] == "procedural" and "family" not in entry:
             raise PlanError(f"{where}: procedural material {entry['id']!r} has no 'family'")
+        for ref in _file_refs(entry, kind):
+            try:
+                asset_path(ref, path.parent)
+            except PathEscapeError as exc:
+                raise PlanError(f"{where}: entry {entry['id']!r}: {exc}") from exc
         seen.add(entry["id"])
         entries.append(entry)
     return sorted(entries, key=lambda e: e["id"])
 
 
+def _file_refs(entry: dict, kind: str) -> list[str]:
+    """The files an entry names: texture maps, an HDRI, a mesh file (bundled HDRIs aside)."""
+    if kind == "materials":
+        maps = entry.get("maps")
+        return [v for v in maps.values() if isinstance(v, str)] if isinstance(maps, dict) else []
+    ref = entry.get("path")
+    if not isinstance(ref, str) or ref.startswith("bpy:"):
+        return []
+    return [ref]
+
+
+def _missing_catalog(spec: Spec, kind: str) -> str:
+    """Where a missing catalog was looked for and how to point the spec at it."""
+    raw = getattr(spec.catalogs, kind)
+    looked = spec.catalog_path(kind)
+    folder = Path(spec.path).resolve().parent
+    text = f"{spec.path}: [catalogs].{kind} = {raw!r} does not exist: looked at {looked}" + (
+        "" if Path(raw).is_absolute() else f" (relative to the spec's folder {folder})"
+    )
+    # A spec copied out of manifests/ still names the catalogs beside the original.
+    for candidate in (Path.cwd() / raw, Path.cwd() / "manifests" / Path(raw).name):
+        if candidate.is_file():
+            rel = Path(os.path.relpath(candidate.resolve(), folder)).as_posix()
+            return (
+                f"{text}. {candidate} exists: set [catalogs].{kind} = {rel!r} in the spec "
+                f"(or --set catalogs.{kind}={str(candidate.resolve())!r})"
+            )
+    return (
+        f"{text}. Set [catalogs].{kind} to the catalog's path relative to the spec's folder, "
+        "or to an absolute path"
+    )
+
+
 def load_catalogs(spec: Spec) -> Catalogs:
+    for kind in CATALOG_KINDS:
+        if spec.path and not spec.catalog_path(kind).exists():
+            raise PlanError(_missing_catalog(spec, kind))
     lists = {kind: load_catalog(spec.catalog_path(kind), kind) for kind in CATALOG_KINDS}
     hashes = {
         kind: hashlib.sha256(spec.catalog_path(kind).read_bytes()).hexdigest()[:16]
@@ -794,30 +837,52 @@ def make_plan(
 
 # ----------------------------------------------------------------------------- estimate
 
-# Cost model in core-seconds, fitted to bench/render_bench.py on the 2-core reference machine
-# (Cycles 5.0, views changing mesh and HDRI as in a real plan): 3.3 core-s per image at
-# 128 px / 16 samples, 10.0 at 256 px / 32. Path tracing scales with pixels x samples; the
-# fixed part is mostly scene sync when the HDRI changes (larger shards amortise it). Use
-# `plan --estimate --core-s-per-image X` with your own benchmark number on other hardware.
-CORE_S_PER_PIXEL_SAMPLE = 3.7e-6
-CORE_S_FIXED_PER_VIEW = 2.0
+# Cost model in core-seconds per image (cores x wall-clock seconds / images) of a Ray pool
+# build, fitted to the project's own measurements on 2-core machines (Cycles 5.0, every view
+# on another mesh and HDRI as in a real plan):
+#   128 px / 16 samples:            0.90-0.95 core-s  (bench/render_bench.py, docs/cluster.md)
+#   256 px / 32 samples:            5.65-6.17 core-s  (same benchmark)
+#    64 px / 16 samples + denoiser: 0.6-0.7 core-s    (the demo's builds)
+# Path tracing scales with pixels x samples; the fixed part per view is scene sync, pass I/O,
+# compositing and encoding (with cores idle during its serial steps); OpenImageDenoise adds
+# a start-up cost plus a cost per pixel. The model gives 0.92, 5.87 and 0.65. The CPU time a
+# build's processes use is 15-40 % lower (see tests/faults/test_render_faults.py): the rest
+# is cores waiting on serial work. On other hardware use
+# `plan --estimate --core-s-per-image X` with a number from bench/render_bench.py.
+CORE_S_PER_PIXEL_SAMPLE = 2.7e-6
+CORE_S_FIXED_PER_VIEW = 0.21
+CORE_S_DENOISE_FIXED = 0.2
 CORE_S_DENOISE_PER_PIXEL = 1.0 / 65536
 BYTES_PER_PIXEL = {"jpg": 0.35, "png": 1.3, "png16": 3.2, "exr": 4.5}
 PASS_BYTES_PER_PIXEL = {"mask": 0.04, "matid": 0.06}
 TAR_MEMBER_OVERHEAD = 768  # header plus average padding
 
 
+def model_core_s_per_image(resolution: int, samples: int, denoise: bool) -> float:
+    """The model's core-seconds per image at these render settings (see above)."""
+    pixels = resolution * resolution
+    cost = CORE_S_FIXED_PER_VIEW + CORE_S_PER_PIXEL_SAMPLE * pixels * samples
+    if denoise:
+        cost += CORE_S_DENOISE_FIXED + CORE_S_DENOISE_PER_PIXEL * pixels
+    return cost
+
+
 def estimate(
-    plan: Plan, shards: list[ShardPlan] | None = None, core_s_per_image: float | None = None
+    plan: Plan,
+    shards: list[ShardPlan] | None = None,
+    core_s_per_image: float | None = None,
+    cores: int | None = None,
 ) -> dict[str, Any]:
-    """Expected images, core-hours and bytes of ``shards`` (default: the whole plan)."""
+    """Expected images, core-hours, wall-clock time on ``cores`` cores (default: this
+    machine's) and bytes of ``shards`` (default: the whole plan)."""
     shards = plan.shards if shards is None else shards
     r = plan.spec.render
     pixels = r.resolution * r.resolution
     if core_s_per_image is None:
-        core_s_per_image = CORE_S_FIXED_PER_VIEW + CORE_S_PER_PIXEL_SAMPLE * pixels * r.samples
-        if r.denoise:
-            core_s_per_image += CORE_S_DENOISE_PER_PIXEL * pixels
+        core_s_per_image = model_core_s_per_image(r.resolution, r.samples, r.denoise)
+    cores = int(cores or os.cpu_count() or 1)
+    if cores < 1:
+        raise PlanError(f"cores must be >= 1, got {cores}")
     images = sum(s.num_images for s in shards)
     samples = sum(len(s.samples) for s in shards)
     members_per_view = 1 + len(r.passes)
@@ -833,10 +898,44 @@ def estimate(
         "images": images,
         "core_s_per_image": round(core_s_per_image, 4),
         "core_hours": round(images * core_s_per_image / 3600.0, 3),
+        "cores": cores,
+        "wall_s": round(images * core_s_per_image / cores, 1),
         "bytes": int(total_bytes),
         "image_format": r.image_format,
         "extension": IMAGE_FORMATS[r.image_format],
     }
+
+
+def format_bytes(n: float) -> str:
+    """``512 B``, ``3.4 MB``, ``1.25 GB``, ``2.0 TB`` (decimal units)."""
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}" if n < 100 * size else f"{n / size:.0f} {unit}"
+    return f"{int(n)} B"
+
+
+def format_duration(seconds: float) -> str:
+    """``45 s``, ``12 min``, ``3.5 h``, ``2.1 days``."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 48 * 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+def format_estimate(est: dict[str, Any], spec: Spec) -> str:
+    """The estimate as ``plan --estimate`` prints it (before the shard listing)."""
+    r = spec.render
+    denoise = " + denoiser" if r.denoise else ""
+    return (
+        f"estimate: {est['images']} images in {est['shards']} shards, about "
+        f"{format_duration(est['wall_s'])} on {est['cores']} cores "
+        f"({est['core_hours']:.3g} core-hours, {est['core_s_per_image']:.2f} core-s per image "
+        f"at {r.resolution} px / {r.samples} samples{denoise}), "
+        f"{format_bytes(est['bytes'])} of {est['image_format']} shards"
+    )
 
 
 def describe(plan: Plan, shards: list[ShardPlan] | None = None, max_shards: int = 20) -> str:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import tomllib
 import types
 import typing
@@ -351,6 +352,7 @@ def _check(spec: Spec, where: str) -> None:
         if not ok:
             raise SpecError(f"{where}: {key} {message}")
 
+    _check_finite(spec, where)
     try:
         validate_material_id(d.name)
     except SchemaError as exc:
@@ -391,7 +393,11 @@ def _check(spec: Spec, where: str) -> None:
         "[render].background",
         f"must be one of {list(BACKGROUND_MODES)}",
     )
-    need(len(r.background_color) == 3, "[render].background_color", "must be [r, g, b]")
+    need(
+        len(r.background_color) == 3 and all(0.0 <= c <= 1.0 for c in r.background_color),
+        "[render].background_color",
+        f"must be [r, g, b] with each channel within 0..1 (linear), got {r.background_color}",
+    )
     for section, names in (
         ("camera", ("distance", "elevation", "azimuth", "lens_mm")),
         ("lighting", ("rotation", "strength")),
@@ -408,8 +414,21 @@ def _check(spec: Spec, where: str) -> None:
         "[camera].distance",
         "must start above 1.0 (the camera would sit inside the object)",
     )
-    need(spec.camera.lens_mm[0] > 0, "[camera].lens_mm", "must be positive")
-    need(spec.lighting.strength[0] > 0, "[lighting].strength", "must be positive")
+    need(
+        -90.0 <= spec.camera.elevation[0] and spec.camera.elevation[1] <= 90.0,
+        "[camera].elevation",
+        f"must lie within -90..90 degrees, got {spec.camera.elevation}",
+    )
+    need(
+        spec.camera.lens_mm[0] > 0,
+        "[camera].lens_mm",
+        f"must be positive millimetres, got {spec.camera.lens_mm}",
+    )
+    need(
+        spec.lighting.strength[0] > 0,
+        "[lighting].strength",
+        f"must be positive (0 renders a black image), got {spec.lighting.strength}",
+    )
     sc = spec.scenes
     need(sc.count >= 0, "[scenes].count", "must be >= 0 (0 = no selection scenes)")
     need(
@@ -447,12 +466,33 @@ def _check(spec: Spec, where: str) -> None:
     need(b.shard_attempts >= 1, "[build].shard_attempts", "must be >= 1")
     need(0 <= b.max_failure_fraction <= 1, "[build].max_failure_fraction", "must be within 0..1")
     need(b.recycle_after_shards >= 0, "[build].recycle_after_shards", "must be >= 0 (0 = never)")
+    need(
+        b.max_worker_rss_mb >= 0,
+        "[build].max_worker_rss_mb",
+        "must be >= 0 MiB (0 = no memory limit)",
+    )
     need(b.shard_timeout_s >= 0, "[build].shard_timeout_s", "must be >= 0 (0 = no timeout)")
     need(
         b.material_timeout_s >= 0,
         "[build].material_timeout_s",
         "must be >= 0 seconds per view of a material (0 = no timeout)",
     )
+
+
+def _check_finite(spec: Spec, where: str) -> None:
+    """Every number of every section must be finite: ``inf`` and ``nan`` are valid TOML, but
+    no range, strength, colour or timeout means anything with them (and ``inf`` in a range
+    would only fail later, deep inside the planner)."""
+    for name in SECTIONS:
+        section = getattr(spec, name)
+        for f in dataclasses.fields(section):
+            value = getattr(section, f.name)
+            values = value if isinstance(value, list) else [value]
+            if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+                raise SpecError(
+                    f"{where}: [{name}].{f.name} must hold finite numbers (no inf or nan), "
+                    f"got {value!r}"
+                )
 
 
 def replace_build(spec: Spec, **changes: Any) -> Spec:

@@ -4,7 +4,9 @@ Every output goes through here, so a dataset can be written to ``out/tiny``,
 ``file:///data/tiny``, ``s3://bucket/tiny`` or (in one process) ``memory://tiny`` alike.
 Writes are atomic: bytes go to a temporary name beside the target, then are renamed (local
 file systems) or moved (object stores, where an upload itself is atomic). A reader never
-sees a half-written file.
+sees a half-written file. Local files get the mode a plain ``open()`` would give them
+(``0o666`` less the process umask), so a dataset in a shared folder is as readable as
+any other file its writer creates.
 
     from render import storage
     storage.write_bytes(storage.join("s3://bucket/tiny", "index.json"), data)
@@ -106,6 +108,26 @@ def _tmp_name(path: str) -> str:
     return f"{parent}/{tmp}" if parent else tmp
 
 
+def process_umask() -> int:
+    """The process umask, read without changing it (``/proc`` on Linux; elsewhere set and
+    restored at once)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The mode a new file gets from ``open()``: ``0o666`` less the umask."""
+    return 0o666 & ~process_umask()
+
+
 def _publish(
     url: str, write_local: Callable[[Path], None], upload: Callable[[Any, str], None]
 ) -> None:
@@ -119,6 +141,8 @@ def _publish(
         tmp = Path(_tmp_name(str(target)))
         try:
             write_local(tmp)
+            # Temporary files (mkstemp) are 0600: publish with the umask's mode instead.
+            os.chmod(tmp, file_mode())
             os.replace(tmp, target)
         finally:
             tmp.unlink(missing_ok=True)

@@ -7,11 +7,15 @@
 Every shard listed in ``index.json`` must exist with the listed size and sha256 and agree
 with its sidecar; every sample must pass ``phieat.schema.validate_sample``, have exactly the
 index's number of views, decodable images, and a key that appears once in the dataset.
+Every problem is reported, not only the first: a missing or unreadable sidecar is one
+problem and the check goes on to the next shard. A shard name in the index that is not a
+plain file name (``../x.tar``) is refused, never read.
 """
 
 from __future__ import annotations
 
 import io
+import re
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -32,6 +36,19 @@ from render.build import resolve_dataset_url
 from render.writer import file_sha256
 
 EXR_MAGIC = b"\x76\x2f\x31\x01"
+# A shard is a plain file name inside its version folder: no folders, no leading dot.
+SHARD_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*\.tar")
+
+
+def shard_name_problem(name: object) -> str | None:
+    """``None`` if ``name`` (from an ``index.json``) is a plain shard file name inside the
+    version folder, else why it is refused (``../x.tar`` would be read outside it)."""
+    if isinstance(name, str) and SHARD_NAME.fullmatch(name):
+        return None
+    return (
+        f"shard name {name!r} is not a plain file name like 'shard-000000.tar' inside the "
+        "dataset folder: refused (the index may be damaged or forged)"
+    )
 
 
 @dataclass
@@ -122,6 +139,10 @@ def verify_dataset(url: str, deep: bool = True) -> VerifyReport:
     keys: dict[str, str] = {}
     for shard in index["shards"]:
         report.shards += 1
+        refused = shard_name_problem(shard["name"])
+        if refused:
+            report.problems.append(f"{INDEX_NAME}: {refused}")
+            continue
         _verify_shard(report, version_url, shard, views, fmt, keys, deep)
     indexed = sum(s["samples"] for s in index["shards"])
     if deep and report.samples != indexed:
@@ -148,11 +169,8 @@ def _verify_shard(
     size = storage.size(tar_url)
     if size != shard["bytes"]:
         report.problems.append(f"{name}: {size} bytes, index says {shard['bytes']} (truncated?)")
-    side_url = storage.join(version_url, sidecar_name(name))
-    if not storage.exists(side_url):
-        report.problems.append(f"{name}: sidecar {sidecar_name(name)} is missing")
-    else:
-        sidecar = storage.read_json(side_url)
+    sidecar = _read_sidecar(report, version_url, name)
+    if sidecar is not None:
         for field_name in ("sha256", "bytes", "plan_hash", "samples"):
             if sidecar.get(field_name) != shard[field_name]:
                 report.problems.append(
@@ -176,6 +194,25 @@ def _verify_shard(
     report.samples += count
     if count != shard["samples"]:
         report.problems.append(f"{name}: holds {count} samples, index says {shard['samples']}")
+
+
+def _read_sidecar(report: VerifyReport, version_url: str, name: str) -> dict | None:
+    """The shard's sidecar, or ``None`` after recording why it cannot be used (verify goes on
+    to the next shard: every damaged sidecar is reported, not only the first)."""
+    side = sidecar_name(name)
+    side_url = storage.join(version_url, side)
+    if not storage.exists(side_url):
+        report.problems.append(f"{name}: sidecar {side} is missing")
+        return None
+    try:
+        sidecar = storage.read_json(side_url)
+    except storage.StorageError as exc:
+        report.problems.append(f"{name}: sidecar {side} cannot be read: {exc}")
+        return None
+    if not isinstance(sidecar, dict):
+        report.problems.append(f"{name}: sidecar {side} is not a JSON object")
+        return None
+    return sidecar
 
 
 def _verify_sample(

@@ -121,39 +121,39 @@ def _where(entry: dict) -> str:
     return f"{'line ' + str(line) + ' ' if line else ''}entry {entry.get('id', '?')!r}"
 
 
+class PathEscapeError(ValueError):
+    """A relative file reference in a catalog that leaves the catalog's folder."""
+
+
+def asset_path(ref: str, base_dir: str | Path | None = None) -> Path:
+    """Resolve a catalog's file reference (texture map, HDRI, mesh file).
+
+    Absolute paths are used as written; relative ones resolve against the catalog's folder
+    ``base_dir`` and must stay inside it: ``../x.png`` (or ``a/../../x.png``) raises
+    ``PathEscapeError``, so a catalog cannot make a build read files from anywhere.
+    """
+    p = Path(ref)
+    if p.is_absolute():
+        return p
+    parts = Path(os.path.normpath(ref)).parts
+    if parts and parts[0] == "..":
+        raise PathEscapeError(
+            f"path {ref!r} leaves the catalog's folder: keep relative paths inside it "
+            "(beside the catalog or below), or write the file's absolute path"
+        )
+    return Path(base_dir) / p if base_dir is not None else p
+
+
 def _resolve(path: str, base_dir: Path | None) -> Path:
-    p = Path(path)
-    if not p.is_absolute() and base_dir is not None:
-        p = base_dir / p
-    return p
+    return asset_path(path, base_dir)
 
 
 def check_image(path: Path) -> str | None:
-    """``None`` if ``path`` is a readable image, else the reason it is not."""
-    if not path.is_file():
-        return f"file {path} does not exist"
-    suffix = path.suffix.lower()
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(16)
-    except OSError as exc:
-        return f"cannot read {path}: {exc}"
-    if suffix == ".exr":
-        return None if head[:4] == b"\x76\x2f\x31\x01" else f"{path} is not an OpenEXR file"
-    if suffix == ".hdr":
-        return None if head.startswith(b"#?") else f"{path} is not a Radiance HDR file"
-    from PIL import Image, UnidentifiedImageError
+    """``None`` if ``path`` decodes as the image its name says, else the reason it is not
+    (see ``render.assets.imagecheck``: HDR scanlines, EXR chunks, a full Pillow decode)."""
+    from render.assets.imagecheck import check_image as decode_check
 
-    try:
-        with Image.open(path) as img:
-            if img.format == "JPEG":
-                img.draft("RGB", (64, 64))  # decode at 1/8 scale: fast, still reads it all
-                img.load()
-            else:
-                img.verify()  # structure and checksums without a full decode
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        return f"{path} is not a readable image ({exc})"
-    return None
+    return decode_check(Path(path))
 
 
 def _check_material(entry: dict, base_dir: Path | None, check_files: bool) -> list[str]:
@@ -185,12 +185,17 @@ def _check_material(entry: dict, base_dir: Path | None, check_files: bool) -> li
             unknown = sorted(set(maps) - set(MAP_NAMES))
             if unknown:
                 out.append(f"{where}: unknown map names {unknown}; use {list(MAP_NAMES)}")
-            if check_files:
-                for name, rel in sorted(maps.items()):
-                    if name in MAP_NAMES and rel:
-                        reason = check_image(_resolve(rel, base_dir))
-                        if reason:
-                            out.append(f"{where}: map {name!r}: {reason}")
+            for name, rel in sorted(maps.items()):
+                if name not in MAP_NAMES or not rel:
+                    continue
+                try:
+                    path = _resolve(rel, base_dir)
+                except PathEscapeError as exc:
+                    out.append(f"{where}: map {name!r}: {exc}")
+                    continue
+                reason = check_image(path) if check_files else None
+                if reason:
+                    out.append(f"{where}: map {name!r}: {reason}")
         size = entry.get("physical_size_m")
         if size is not None and not (isinstance(size, (int, float)) and size > 0):
             out.append(f"{where}: physical_size_m must be a positive number, got {size!r}")
@@ -212,7 +217,10 @@ def _check_mesh(entry: dict, base_dir: Path | None, check_files: bool) -> list[s
         if not path:
             out.append(f"{where}: a file mesh needs 'path'")
         else:
-            p = _resolve(path, base_dir)
+            try:
+                p = _resolve(path, base_dir)
+            except PathEscapeError as exc:
+                return [*out, f"{where}: {exc}"]
             if p.suffix.lower() not in MESH_SUFFIXES:
                 out.append(f"{where}: {p} is not one of {list(MESH_SUFFIXES)}")
             elif check_files and not p.is_file():
@@ -235,8 +243,12 @@ def _check_light(entry: dict, base_dir: Path | None, check_files: bool) -> list[
                 out.append(
                     f"{where}: {path!r} is not one of the bundled HDRIs {list(BUNDLED_HDRIS)}"
                 )
-        elif check_files:
-            reason = check_image(_resolve(path, base_dir))
+        else:
+            try:
+                resolved = _resolve(path, base_dir)
+            except PathEscapeError as exc:
+                return [*out, f"{where}: {exc}"]
+            reason = check_image(resolved) if check_files else None
             if reason:
                 out.append(f"{where}: {reason}")
     elif kind == "sky":

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import bpy
 
+from render.assets.catalog import PathEscapeError, asset_path
 from render.assets.units import UNIT_M
 
 BUNDLED_PREFIX = "bpy:"
@@ -35,9 +36,10 @@ def resolve_hdri_path(path: str, base_dir: Path | None = None) -> Path:
         root = bpy.utils.system_resource("DATAFILES", path=folder)
         resolved = Path(root) / name
     else:
-        resolved = Path(path)
-        if not resolved.is_absolute() and base_dir is not None:
-            resolved = base_dir / resolved
+        try:
+            resolved = asset_path(path, base_dir)
+        except PathEscapeError as exc:
+            raise LightBuildError(f"HDRI {exc}") from exc
     if not resolved.is_file():
         raise LightBuildError(f"HDRI file {path!r} not found (looked at {resolved})")
     return resolved
@@ -46,14 +48,29 @@ def resolve_hdri_path(path: str, base_dir: Path | None = None) -> Path:
 def _load_image(path: Path) -> bpy.types.Image:
     key = str(path)
     for image in bpy.data.images:
-        if image.filepath == key:
+        if image.filepath == key and image_loaded(image):
             return image
     try:
         image = bpy.data.images.load(key, check_existing=True)
     except RuntimeError as exc:
         raise LightBuildError(f"cannot read HDRI {path}: {exc}") from exc
+    if not image_loaded(image):
+        # An image Blender cannot decode renders as its magenta "missing" colour: refuse it.
+        bpy.data.images.remove(image)
+        raise LightBuildError(f"HDRI {path} is not a readable image (Blender cannot decode it)")
     image.colorspace_settings.name = "Linear Rec.709"
     return image
+
+
+def image_loaded(image: bpy.types.Image) -> bool:
+    """Whether Blender holds pixels for ``image``: loading is lazy, and reading the size
+    forces the decode, which leaves a size of 0 x 0 and no data for a missing or
+    undecodable file (rendered as magenta)."""
+    try:
+        width, height = image.size
+        return width > 0 and height > 0 and bool(image.has_data)
+    except ReferenceError:
+        return False
 
 
 def _world(scene: bpy.types.Scene) -> bpy.types.World:

@@ -17,6 +17,7 @@ import bpy
 import numpy as np
 from mathutils import Matrix, Vector
 
+from render.assets.catalog import asset_path
 from render.assets.units import UNIT_M
 
 
@@ -295,9 +296,8 @@ def build_mesh(entry: dict, base_dir: Path | None = None) -> bpy.types.Mesh:
     mesh_id = entry.get("id", "?")
     try:
         if kind == "file":
-            path = Path(entry["path"])
-            if not path.is_absolute() and base_dir is not None:
-                path = base_dir / path
+            # A path leaving the catalog's folder raises a ValueError, reported below.
+            path = asset_path(entry["path"], base_dir)
             mesh = _import_file(path)
             bm = bmesh.new()
             bm.from_mesh(mesh)

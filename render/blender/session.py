@@ -18,6 +18,11 @@ Material Index pass. Same job and seed give identical bytes on CPU, whatever the
 rendered before: meshes and materials are built once per shard and reused by every view that
 needs them (a material is keyed by its whole catalog entry), and ``reset()`` frees them.
 
+Nothing wrong is published: a texture map or HDRI that did not load (Blender would render
+it magenta) raises ``MaterialError`` / ``RenderError`` before Cycles starts, and a render
+that is all black, one flat colour or holds NaN raises ``RenderError`` before it is
+encoded; the shard writer records either in ``failures.jsonl`` with the reason.
+
 A *material-selection scene* is a view job with a ``scene`` record: the main material and
 mesh plus more objects, all in one image::
 
@@ -61,7 +66,7 @@ from phieat.schema import hash_obj
 from render.assets.units import UNIT_M
 from render.blender import lights, materials, meshes
 from render.blender.exr import read_passes
-from render.errors import RenderError
+from render.errors import MaterialError, RenderError
 
 logger = logging.getLogger("phieat.render")
 
@@ -76,6 +81,11 @@ SENSOR_MM = 36.0
 CLAMP_INDIRECT = 10.0
 # Selection scenes: the objects' bounding boxes fill at most this fraction of the frame.
 FRAME_FILL = 0.94
+# The image check before a view is encoded (linear values): a render whose brightest value
+# stays under BLACK_LEVEL (about half an 8-bit sRGB step) is black, one whose every channel
+# varies by at most FLAT_SPREAD over the image (after clipping to 0..1) is one flat colour.
+BLACK_LEVEL = 1.5e-4
+FLAT_SPREAD = 1e-3
 
 
 @dataclass
@@ -109,6 +119,27 @@ def silenced(active: bool) -> Iterator[None]:
         os.dup2(saved[1], 2)
         for fd in (*saved, devnull):
             os.close(fd)
+
+
+def image_problem(rgb: np.ndarray) -> str | None:
+    """Why a linear (H, W, 3) render must not be published, or ``None`` if it looks like one.
+
+    Cheap (a few passes over the pixels): NaN or infinite values, an all-black image (a light
+    of zero strength, an exposure gone wrong) and an image of one flat colour (a camera
+    inside the object, an overexposed frame) are failures, never samples.
+    """
+    finite = np.isfinite(rgb)
+    if not finite.all():
+        bad = int((~finite).any(axis=-1).sum())
+        return f"the render has NaN or infinite values in {bad} of {rgb.shape[0] * rgb.shape[1]} pixels"
+    if float(rgb.max(initial=0.0)) <= BLACK_LEVEL:
+        return "the render is all black"
+    clipped = np.clip(rgb, 0.0, 1.0)
+    spread = float((clipped.max(axis=(0, 1)) - clipped.min(axis=(0, 1))).max())
+    if spread <= FLAT_SPREAD:
+        colour = ", ".join(f"{c:.3f}" for c in clipped.reshape(-1, 3)[0])
+        return f"the render is one flat colour (linear {colour}): no object is visible"
+    return None
 
 
 def _gaussian_blur(image: np.ndarray, sigma: float) -> np.ndarray:
@@ -524,6 +555,27 @@ class BlenderSession:
         path.unlink()  # a killed worker leaves nothing behind in /dev/shm
         return data
 
+    def _check_images(self, material_id: str) -> None:
+        """Refuse to render when an image the scene uses holds no pixels: Blender would draw
+        a missing or undecodable texture map or HDRI in magenta and carry on."""
+        for obj in self.scene.objects:
+            for slot in obj.material_slots:
+                mat = slot.material
+                if mat is None or mat.node_tree is None:
+                    continue
+                for path in _unloaded_images(mat.node_tree):
+                    raise MaterialError(
+                        material_id,
+                        f"texture {path} of material {mat.name!r} did not load "
+                        "(missing or undecodable file)",
+                    )
+        world = self.scene.world
+        if world is not None and world.node_tree is not None:
+            for path in _unloaded_images(world.node_tree):
+                raise RenderError(
+                    material_id, f"HDRI {path} did not load (missing or undecodable file)"
+                )
+
     def _read_passes(self) -> dict[str, np.ndarray]:
         settings = self.scene.render.image_settings
         settings.media_type = "MULTI_LAYER_IMAGE"
@@ -596,6 +648,7 @@ class BlenderSession:
                     )
                     self._light_key = light_key
                 self._configure(render, seed)
+                self._check_images(material_id)
                 # Exposure is applied to the linear result (rendering is linear in light
                 # strength); the clamp is scaled so it acts as if the light were scaled.
                 self.scene.cycles.sample_clamp_indirect = CLAMP_INDIRECT / strength
@@ -629,6 +682,9 @@ class BlenderSession:
                         background["color"] = color
                     fill = np.broadcast_to(np.asarray(color, np.float32)[:3], rgb.shape)
                 rgb = rgb + (1.0 - alpha)[..., None] * fill
+            problem = image_problem(rgb)
+            if problem is not None:
+                raise RenderError(material_id, f"{problem}; the view is not published")
             try:
                 image = self._encode(rgb.astype(np.float32), render)
             except ValueError as exc:
@@ -696,6 +752,21 @@ def _alive(datablock: bpy.types.ID) -> bool:
     except ReferenceError:
         return False
     return True
+
+
+def _unloaded_images(tree: bpy.types.NodeTree, seen: set | None = None) -> list[str]:
+    """File paths of the images in ``tree`` (and its node groups) that hold no pixels."""
+    seen = set() if seen is None else seen
+    out = []
+    for node in tree.nodes:
+        group = getattr(node, "node_tree", None)
+        if node.type == "GROUP" and group is not None and group.name not in seen:
+            seen.add(group.name)
+            out.extend(_unloaded_images(group, seen))
+        image = getattr(node, "image", None)
+        if image is not None and image.source == "FILE" and not lights.image_loaded(image):
+            out.append(image.filepath or image.name)
+    return out
 
 
 def _release_heap() -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import bpy
 
+from render.assets.catalog import PathEscapeError, asset_path
 from render.assets.units import UNIT_M
 from render.blender.families import Graph
 from render.blender.materials import new_principled
@@ -30,9 +31,10 @@ BOX_BLEND = 0.25
 
 
 def _load(material_id: str, name: str, ref: str, base_dir: Path | None) -> bpy.types.Image:
-    path = Path(ref)
-    if not path.is_absolute() and base_dir is not None:
-        path = base_dir / path
+    try:
+        path = asset_path(ref, base_dir)
+    except PathEscapeError as exc:
+        raise MaterialError(material_id, f"map {name!r}: {exc}") from exc
     if not path.is_file():
         raise MaterialError(material_id, f"map {name!r}: file {path} does not exist")
     try:

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from image_fakes import tiny_exr, tiny_hdr
 from PIL import Image
 
 from render.assets import catalog as cat
@@ -75,7 +76,7 @@ def test_mesh_folder_sizes_from_sidecars(tmp_path: Path):
 
 def test_hdri_folder_groups_resolutions(tmp_path: Path):
     for name in ("sky_park_2k.hdr", "sky_park_4k.hdr", "studio_small_1k.exr"):
-        (tmp_path / name).write_bytes(b"#?RADIANCE\n" if name.endswith("hdr") else b"v/1\x01")
+        (tmp_path / name).write_bytes(tiny_hdr() if name.endswith("hdr") else tiny_exr())
     entries = lights.scan_hdri_folder(tmp_path)
     groups = {e["id"]: e["group"] for e in entries}
     assert groups["hdri-sky-park-2k"] == groups["hdri-sky-park-4k"] == "hdri-sky-park"
@@ -86,7 +87,7 @@ def test_cli_scan_appends_and_refuses_duplicates(tmp_path: Path, capsys):
     src = tmp_path / "hdris"
     src.mkdir()
     for i in range(4):
-        (src / f"place{i}_1k.hdr").write_bytes(b"#?RADIANCE\n")
+        (src / f"place{i}_1k.hdr").write_bytes(tiny_hdr())
     out = tmp_path / "lights.jsonl"
     cat.write_catalog(out, cat.assign_splits(lights.builtin_lights(), "lights", min_test=3))
     assert cli.main(["scan", "lights", str(src), "--out", str(out), "--append"]) == 0
