@@ -5,10 +5,15 @@
     .venv/bin/python bench/train_gpu.py --device cpu --configs tiny-cpu --steps 2   # smoke test
     .venv/bin/torchrun --nproc-per-node 8 bench/train_gpu.py --check   # world-size invariant?
     .venv/bin/torchrun --nproc-per-node 2 bench/train_gpu.py --check --device cpu   # gloo
+    .venv/bin/python bench/train_gpu.py --loader                 # the device part of the loader
 
 Runs the real training step (teacher forward, student forward/backward on 2 global + 8 local
 crops, all five losses, AdamW, EMA) on batches already on the device, so the number is the
-model's throughput; data loading is measured by ``bench/train_bench.py``. MFU = achieved
+model's throughput; data loading is measured by ``bench/train_bench.py``, except for the
+device part of ``crops.decode_on_device`` (``--loader``): DINOv2-size batches (2x224 + 8x98
+crops from 256 px JPEG views) made by the worker beforehand, then timed on the device: batched
+JPEG decode alone, decode + crops + photometric (``train.data.on_device``), and for
+comparison the photometric part alone on crops cut in the worker (``crops.on_device``). MFU = achieved
 model FLOP/s / peak dense bf16 FLOP/s (H100/H200 SXM 989e12, A100 312e12, or --peak-tflops).
 FLOPs per image are counted from the architecture (matmuls x2, backward = 2x forward):
 student forward+backward on every crop, teacher forward on the global crops, heads included.
@@ -153,6 +158,80 @@ def bench(name: str, args: argparse.Namespace, device: torch.device) -> dict:
         if device.type == "cuda"
         else None,
     }
+
+
+# ----------------------------------------------------------------------------- --loader
+
+
+def _timed(fn, batches: list, device: torch.device, repeats: int) -> float:
+    """Seconds per call of ``fn(batch)`` over ``batches`` (after one warm-up pass)."""
+    for batch in batches:
+        fn(batch)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        for batch in batches:
+            fn(batch)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / (repeats * len(batches))
+
+
+def bench_loader(args: argparse.Namespace, device: torch.device) -> list[dict]:
+    """The device part of the loader at DINOv2 size, on batches the worker made beforehand."""
+    import tempfile
+
+    from train.augment import photometric
+    from train.data import Loader, _device_images, on_device
+    from train.synthetic import write_synthetic_shards
+
+    batch_size = args.batch or 128
+    overrides = [
+        "data.num_workers=0", f"data.batch_size={batch_size}", "data.shuffle_buffer=16",
+        "crops.global_size=224", "crops.local_size=98", "crops.local_per_view=4",
+        "crops.on_device=true",
+    ]  # fmt: skip
+    records = []
+    with tempfile.TemporaryDirectory() as tmp:
+        shards = write_synthetic_shards(
+            Path(tmp), materials=max(16, batch_size), views=4, size=256, per_shard=32
+        )
+        deferred_cfg = load_config("tiny-cpu", [*overrides, "crops.decode_on_device=true"])
+        worker_cfg = load_config("tiny-cpu", overrides)
+        deferred = Loader(shards, deferred_cfg.data, deferred_cfg.crops, 14, seed=0)
+        cut = Loader(shards, worker_cfg.data, worker_cfg.crops, 14, seed=0)
+        it, it_cut = iter(deferred), iter(cut)
+        ready = [next(it) for _ in range(args.loader_batches)]
+        ready_cut = [next(it_cut) for _ in range(args.loader_batches)]
+
+    def photometric_only(batch: dict) -> None:
+        for name in ("global", "local"):
+            photometric(batch[name].to(device, non_blocking=True), batch[f"{name}_params"])
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    cases = (
+        ("decode_only", lambda b: _device_images(b["images"], device)),
+        ("decode_crops_photometric", lambda b: on_device(b, device, deferred_cfg.crops)),
+        ("photometric_only", photometric_only),
+    )
+    for name, fn in cases:
+        batches = ready_cut if name == "photometric_only" else ready
+        seconds = _timed(fn, batches, device, args.steps)
+        records.append(
+            {
+                "loader_device_part": name,
+                "batch": batch_size,
+                "samples_per_s": round(batch_size / seconds, 1),
+                "ms_per_batch": round(seconds * 1e3, 2),
+            }
+        )
+    if device.type == "cuda":
+        records.append(
+            {"loader_gpu_mem_gb": round(torch.cuda.max_memory_allocated(device) / 2**30, 2)}
+        )
+    return records
 
 
 # ----------------------------------------------------------------------------- --check
@@ -490,6 +569,14 @@ def main() -> int:
     parser.add_argument("--check-only", nargs="*", default=[], help="--check these checks only")
     parser.add_argument("--check-dir", default="", help="--check trainer outputs (default: tmp)")
     parser.add_argument("--check-out", default="", help="--check: write the records to this JSON")
+    parser.add_argument(
+        "--loader",
+        action="store_true",
+        help="time the device part of crops.decode_on_device instead of training steps",
+    )
+    parser.add_argument(
+        "--loader-batches", type=int, default=4, help="--loader: distinct batches to cycle"
+    )
     args = parser.parse_args()
     if args.check:
         if args.device == "cuda" and not torch.cuda.is_available():
@@ -508,6 +595,10 @@ def main() -> int:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         print(f"device: {torch.cuda.get_device_name(device)}")
+    if args.loader:
+        for record in bench_loader(args, device):
+            print(json.dumps(record))
+        return 0
     for name in args.configs:
         print(json.dumps(bench(name, args, device)))
     return 0

@@ -94,6 +94,10 @@ class CropConfig:
     mask_ratio: list[float] = field(default_factory=lambda: [0.1, 0.5])
     # Run the photometric part on the training device (batched) instead of the workers.
     on_device: bool = False
+    # With on_device: the workers also leave JPEG decoding and the crops' resampling to the
+    # training device (they still read the shards, decode masks and draw every random choice,
+    # so the batches match the worker path's); non-JPEG views are decoded in the workers.
+    decode_on_device: bool = False
 
 
 @dataclass
@@ -291,6 +295,8 @@ def _check(cfg: TrainConfig) -> None:
         raise ConfigError("data.batch_size must be >= 1")
     if cfg.crops.global_per_view < 1:
         raise ConfigError("crops.global_per_view must be >= 1")
+    if cfg.crops.decode_on_device and not cfg.crops.on_device:
+        raise ConfigError("crops.decode_on_device needs crops.on_device = true")
     if cfg.optim.steps < 1:
         raise ConfigError("optim.steps must be >= 1")
     if not 0.0 <= cfg.data.max_skipped_fraction <= 1.0:

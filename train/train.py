@@ -53,7 +53,7 @@ from train.checkpoint import (
     optimizer_state,
     prune_checkpoints,
 )
-from train.config import ConfigError, TrainConfig, from_dict, to_dict, to_toml
+from train.config import ConfigError, CropConfig, TrainConfig, from_dict, to_dict, to_toml
 from train.data import Loader, locate_index, read_index, resolve_data, shard_records
 from train.diagnostics import collapse_warning
 from train.meta_arch import MetaArch, backbone_kwargs
@@ -259,11 +259,18 @@ class Metrics:
             self.writer.close()
 
 
-def _to_device(batch: dict, device: torch.device, on_device_aug: bool) -> dict:
+def _to_device(
+    batch: dict, device: torch.device, on_device_aug: bool, crops: CropConfig | None = None
+) -> dict:
     from train.augment import photometric
 
+    if "images" in batch:  # crops.decode_on_device: decode, crops and colour on the device
+        from train.data import on_device
+
+        return on_device(batch, device, crops)
     out = dict(batch)
-    for name in ("global", "local", "masks", "labels", "global_params", "local_params"):
+    # Photometric params stay on the host: photometric() reads them there to skip work.
+    for name in ("global", "local", "masks", "labels"):
         if out.get(name) is not None:
             out[name] = out[name].to(device, non_blocking=True)
     if on_device_aug:
@@ -276,6 +283,10 @@ def _to_device(batch: dict, device: torch.device, on_device_aug: bool) -> dict:
 def _digest(batch: dict) -> str:
     h = hashlib.blake2b(digest_size=8)
     h.update(",".join(batch["keys"]).encode())
+    if "images" in batch:  # decode_on_device: the crops are a function of boxes, flips, params
+        for name in ("global_boxes", "global_flip", "global_params"):
+            h.update(batch[name].contiguous().numpy().tobytes())
+        return h.hexdigest()
     h.update(batch["global"].contiguous().numpy().tobytes())
     return h.hexdigest()
 
@@ -639,10 +650,11 @@ def main(cfg: TrainConfig) -> dict:
             window_wait += time.perf_counter() - t0
             digest = (
                 _digest(batch)
-                if (step + 1) % cfg.log_every == 0 and batch["global"].device.type == "cpu"
+                if (step + 1) % cfg.log_every == 0
+                and batch.get("global_boxes", batch.get("global")).device.type == "cpu"
                 else None
             )
-            batch = _to_device(batch, device, cfg.crops.on_device)
+            batch = _to_device(batch, device, cfg.crops.on_device, cfg.crops)
             sched = schedules(cfg, step, world)
             for group in optimizer.param_groups:
                 group["lr"] = sched["lr"] * group["lr_scale"]
