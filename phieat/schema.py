@@ -237,9 +237,9 @@ def check_schema_version(version: object, where: str) -> None:
 
 def validate_meta(meta: Mapping, key: str | None = None) -> Mapping:
     """Validate one sample's metadata record (the ``json`` member)."""
+    if not isinstance(meta, Mapping):  # before reading its key: a list has no .get
+        raise SchemaError(f"sample {key or '?'} json must be a JSON object")
     where = f"sample {key or meta.get('key', '?')!s} json"
-    if not isinstance(meta, Mapping):
-        raise SchemaError(f"{where} must be a JSON object")
     check_schema_version(meta.get("schema_version"), where)
     _check_fields(meta, SAMPLE_META_FIELDS, where)
     _check_optional_fields(meta, SAMPLE_META_OPTIONAL_FIELDS, where)

@@ -33,8 +33,55 @@ logger = logging.getLogger("phieat.render")
 MIN_TEST = {"materials": 1, "meshes": 8, "lights": 3}
 
 
-class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Keep the examples' line breaks and show each option's default."""
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Keep the examples' line breaks and show each option's default, unless the help text
+    already says it or there is none to show (None, False, an empty list)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            "default" in text
+            or default in (None, argparse.SUPPRESS)
+            or default is False
+            or default == []
+        ):
+            return text
+        return text + " (default: %(default)s)"
+
+
+EXAMPLES = {
+    "generate": """Write the built-in catalogs: procedural materials (19 families), meshes and
+lights, each entry with its train/val/test split.
+
+  phieat-render assets generate                          # -> manifests/*.jsonl
+  phieat-render assets generate --per-family 8 --out-dir /tmp/cat --what materials""",
+    "scan": """Add texture sets (MatSynth / ambientCG / Poly Haven folders), mesh files
+(OBJ/PLY/STL/GLB) or HDRIs from a folder to a catalog, with a split per group.
+
+  phieat-render assets scan materials ~/ambientcg --layout ambientcg --physical-size-m 2
+  phieat-render assets scan meshes ~/models --size-m 0.4 --out /tmp/meshes.jsonl
+  phieat-render assets scan lights ~/hdris --append""",
+    "validate": """Check catalogs: ids, required fields, that every file exists and decodes
+(texture maps and HDRIs are decoded in full), categories and procedural diversity. Exits 1
+when a problem is found, listing each one.
+
+  phieat-render assets validate                          # the three default catalogs
+  phieat-render assets validate /tmp/cat/materials.jsonl --no-diversity""",
+    "split": """(Re)assign train/val/test in place, by material group, so that variants of one
+material never straddle two splits.
+
+  phieat-render assets split manifests/materials.jsonl --val 0.1 --test 0.1
+  phieat-render assets split manifests/materials.jsonl --holdout-family marble""",
+    "summary": """Counts per split, category, source, family and kind.
+
+  phieat-render assets summary
+  phieat-render assets summary /tmp/cat/materials.jsonl""",
+    "preview": """Render a contact sheet of catalog entries with Blender (one tile each).
+
+  phieat-render assets preview                           # 48 materials -> out/materials-preview.png
+  phieat-render assets preview --kind meshes -n 24 --split test -o /tmp/meshes.png""",
+}
 
 
 def _kind_of(path: Path, kind: str | None) -> str:
@@ -264,7 +311,9 @@ def cmd_preview(args: argparse.Namespace) -> int:
                 else entry["id"]
             )
             tiles.append(([session.render_view(job).image], label))
-    out = prev.contact_sheet(tiles, args.out, columns=args.columns, tile=args.tile)
+    target = args.out or str(Path("out") / f"{kind}-preview.png")
+    Path(target).parent.mkdir(parents=True, exist_ok=True)
+    out = prev.contact_sheet(tiles, target, columns=args.columns, tile=args.tile)
     secs = time.perf_counter() - start
     print(f"wrote {out}: {len(tiles)} {kind} in {secs:.1f} s")
     session.close()
@@ -287,6 +336,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
     p = sub.add_parser(
         "generate",
+        description=EXAMPLES["generate"],
         help="write the built-in catalogs (procedural materials, meshes, lights)",
         formatter_class=_Formatter,
     )
@@ -307,6 +357,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
     p = sub.add_parser(
         "scan",
+        description=EXAMPLES["scan"],
         help="add texture sets, mesh files or HDRIs from a folder",
         formatter_class=_Formatter,
     )
@@ -335,6 +386,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
     p = sub.add_parser(
         "validate",
+        description=EXAMPLES["validate"],
         help="check catalogs: ids, fields, files, images, categories, diversity",
         formatter_class=_Formatter,
     )
@@ -348,7 +400,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser(
-        "split", help="(re)assign train/val/test by group, in place", formatter_class=_Formatter
+        "split",
+        description=EXAMPLES["split"],
+        help="(re)assign train/val/test by group, in place",
+        formatter_class=_Formatter,
     )
     _catalog_args(p)
     _split_args(p)
@@ -356,6 +411,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
     p = sub.add_parser(
         "summary",
+        description=EXAMPLES["summary"],
         help="counts per split, category, source, family, kind",
         formatter_class=_Formatter,
     )
@@ -364,6 +420,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
     p = sub.add_parser(
         "preview",
+        description=EXAMPLES["preview"],
         help="render a contact sheet PNG of materials, meshes or lights",
         formatter_class=_Formatter,
     )
@@ -372,7 +429,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument(
         "-n", type=int, default=48, help="how many entries (materials: spread over families)"
     )
-    p.add_argument("-o", "--out", default="preview.png", help="PNG to write")
+    p.add_argument("-o", "--out", help="PNG to write (default: out/<kind>-preview.png)")
     p.add_argument("--split", choices=cat.SPLITS, help="only entries of this split")
     p.add_argument("--columns", type=int, default=8, help="tiles per row")
     p.add_argument("--tile", type=int, default=96, help="tile size in pixels")

@@ -207,3 +207,11 @@ def test_bad_arguments_are_named(world, tmp_path, capsys, caplog):
         ]
     )
     assert code == 1 and "/nowhere/ckpt.pt" in caplog.text
+
+
+def test_eval_run_help_shows_its_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "seed of queries, folds and random init (default: 0)" in text
+    assert "(default: None)" not in text and "(default: 32)" in text
