@@ -92,11 +92,12 @@ def test_render_train_evaluate(datasets, tmp_path: Path):
     assert index["complete"] and sum(s["samples"] for s in index["shards"]) == 4
 
     run_dir = tmp_path / "run"
+    # As a user names them: the build's output folder (its latest.json names the version).
     cli(
         "train",
         "--config",
         "tiny-cpu",
-        f"data.urls={train_dir}",
+        f"data.urls={train_dir.parent}",
         f"out_dir={run_dir}",
         "optim.steps=2",
         "optim.warmup_steps=1",
@@ -119,9 +120,9 @@ def test_render_train_evaluate(datasets, tmp_path: Path):
         "--model",
         "pixel-stats=pixel-stats",
         "--eval-data",
-        str(eval_dir),
+        str(eval_dir.parent),
         "--train-index",
-        str(train_dir / "index.json"),
+        str(train_dir.parent),
         "--out",
         str(report_dir),
     )
