@@ -8,8 +8,10 @@
    settings, seed and Blender version, so a change there never mixes old and new samples;
 3. take the version's lock (one build at a time), load the stored plan generations and add
    one for catalog entries that are new;
-4. skip every shard whose sidecar is valid (plan hash equal, size and sha256 of the tar
-   match), render the others through the pool, each published atomically with its sidecar;
+4. skip every shard that is published and unchanged, render the others through the pool,
+   each published atomically with its sidecar; the build notes what it published in its
+   journal (``journal/``, see ``published_sidecar``), so an edited sidecar cannot keep a
+   changed shard;
 5. write ``failures.jsonl`` (material, reason, attempts), a new ``index.json`` (older ones
    stay under ``indexes/``) and ``<output>/latest.json``; return a non-zero exit code when a
    shard is missing or failures exceed ``[build].max_failure_fraction``.
@@ -58,6 +60,14 @@ logger = logging.getLogger("phieat.render")
 LOCK_NAME = "build.lock"
 LATEST_NAME = "latest.json"
 INDEX_DIR = "indexes"
+# The build's own record of what it published: one small JSON file per shard, written by the
+# process holding the lock (never by a worker) and read only by later builds. Readers of the
+# dataset (verify, the trainer) never look here.
+JOURNAL_DIR = "journal"
+JOURNAL_FIELDS = ("sha256", "bytes", "plan_hash")
+# ``published_sidecar``'s reason for a shard it kept after checking it against its sidecar
+# alone, because the journal has no record of it.
+UNRECORDED = "ok (not in the build journal: checked against its sidecar)"
 
 SessionFactory = Callable[..., Session]
 
@@ -322,10 +332,50 @@ def failed_materials(version_url: str) -> set[str]:
     return failed
 
 
+def journal_url(version_url: str, shard_name: str) -> str:
+    """Where the build journal keeps its record of ``shard_name``."""
+    return storage.join(version_url, JOURNAL_DIR, f"{shard_name}.json")
+
+
+def record_published(version_url: str, name: str, sidecar: dict, how: str = "rendered") -> None:
+    """Note in the build journal the shard ``name`` a build published (``how="rendered"``)
+    or found published and checked byte by byte against its sidecar (``"adopted"``)."""
+    record = {field: sidecar[field] for field in JOURNAL_FIELDS}
+    record.update(shard=name, how=how, recorded=time.time())
+    storage.write_json(journal_url(version_url, name), record)
+
+
+def _journal_record(version_url: str, shard_name: str) -> tuple[dict | None, str]:
+    """``(record, "")``, ``(None, "")`` when the journal has none, or ``(None, why)`` when the
+    record is damaged (then nothing about the shard can be trusted)."""
+    url = journal_url(version_url, shard_name)
+    if not storage.exists(url):
+        return None, ""
+    try:
+        record = storage.read_json(url)
+    except storage.StorageError as exc:
+        return None, f"build journal record unreadable ({exc})"
+    if not isinstance(record, dict) or any(f not in record for f in JOURNAL_FIELDS):
+        return None, f"build journal record {url} is damaged"
+    return record, ""
+
+
 def published_sidecar(
     version_url: str, shard: ShardPlan, deep: bool = True
 ) -> tuple[dict | None, str]:
-    """The shard's sidecar if the shard is published and current, else ``(None, why)``."""
+    """The shard's sidecar if the shard is published and current, else ``(None, why)``.
+
+    A sidecar is only a claim: anyone can rewrite it to match a changed shard. The build's
+    journal holds what the build itself published, so a shard the journal knows is kept only
+    when its sidecar agrees with the record (sha256, bytes, plan hash) and its bytes do too.
+    A shard the journal does not know (a version folder written before the journal existed,
+    or a shard a worker published just before its build stopped) is checked against its
+    sidecar alone and reported with ``why == UNRECORDED``.
+
+    ``deep`` re-hashes the tar: every kept shard is read once, in full (a few hundred MB
+    take about a second from a local disk; from an object store they are downloaded).
+    Without it only the size is compared (``--trust-sidecars``).
+    """
     tar_url = storage.join(version_url, shard.name)
     side_url = storage.join(version_url, sidecar_name(shard.name))
     if not storage.exists(side_url):
@@ -334,15 +384,27 @@ def published_sidecar(
         sidecar = storage.read_json(side_url)
     except storage.StorageError as exc:
         return None, f"unreadable sidecar ({exc})"
+    if not isinstance(sidecar, dict):
+        return None, "unreadable sidecar (not a JSON object)"
     if sidecar.get("plan_hash") != shard.plan_hash:
         return None, "stale (plan hash changed)"
+    record, damaged = _journal_record(version_url, shard.name)
+    if damaged:
+        return None, damaged
+    if record is not None:
+        for name in JOURNAL_FIELDS:
+            if sidecar.get(name) != record[name]:
+                return None, (
+                    f"sidecar {name} {sidecar.get(name)!r} differs from {record[name]!r}, "
+                    "which this build recorded when it published the shard (sidecar edited?)"
+                )
     if not storage.exists(tar_url):
         return None, "missing tar"
     if storage.size(tar_url) != sidecar.get("bytes"):
         return None, "corrupt (size differs from sidecar)"
     if deep and file_sha256(tar_url) != sidecar.get("sha256"):
         return None, "corrupt (checksum differs from sidecar)"
-    return sidecar, "ok"
+    return sidecar, "ok" if record is not None else UNRECORDED
 
 
 @dataclass
@@ -620,9 +682,13 @@ def _build_locked(
             if why != "missing":
                 logger.warning("%s will be rendered again: %s", shard.name, why)
             todo.append(shard)
-        else:
-            sidecars[shard.name] = sidecar
-            result.skipped.append(shard.name)
+            continue
+        if why == UNRECORDED and not trust_sidecars:
+            # Its bytes were just hashed against its sidecar: from now on the journal vouches.
+            logger.info("%s: %s; recorded in the journal", shard.name, why)
+            record_published(version_url, shard.name, sidecar, how="adopted")
+        sidecars[shard.name] = sidecar
+        result.skipped.append(shard.name)
     logger.info(
         "%s: %d shards planned, %d already published, %d to render",
         version_url,
@@ -644,6 +710,7 @@ def _build_locked(
         for outcome in outcomes:
             shard = by_name[outcome.name]
             if outcome.sidecar is not None:
+                record_published(version_url, shard.name, outcome.sidecar)
                 sidecars[shard.name] = outcome.sidecar
                 result.rendered.append(shard.name)
                 result.images_rendered += outcome.sidecar["images"]

@@ -254,7 +254,7 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> Spec:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise SpecError(f"spec file {path} does not exist") from exc
-    except tomllib.TOMLDecodeError as exc:
+    except ValueError as exc:  # TOMLDecodeError, not UTF-8, or an integer too long to read
         raise SpecError(f"spec file {path} is not valid TOML: {exc}") from exc
     for item in overrides or []:
         apply_override(raw, item, str(path))
@@ -271,7 +271,7 @@ def apply_override(raw: dict[str, Any], item: str, where: str = "spec") -> None:
         )
     try:
         value = tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
+    except ValueError:  # not TOML (or an integer too long to read): a bare string
         value = text
     raw.setdefault(section, {})[key] = value
 
@@ -337,7 +337,12 @@ def _coerce(value: Any, hint: Any, where: str, name: str) -> Any:
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise SpecError(f"{where} must be a number, got {value!r}")
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # TOML integers have no size limit, floats do
+            raise SpecError(
+                f"{where} must be a finite number, got an integer above 1e308"
+            ) from None
     if hint is str:
         if not isinstance(value, str):
             raise SpecError(f"{where} must be a string, got {value!r}")

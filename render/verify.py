@@ -235,6 +235,9 @@ def _verify_sample(
     except SchemaError as exc:
         report.problems.append(f"{where}: {exc}")
         return
+    except UnicodeDecodeError as exc:  # damaged bytes in the json member
+        report.problems.append(f"{where}.json: not UTF-8 text ({exc.reason} at byte {exc.start})")
+        return
     if len(meta["views"]) != views:
         report.problems.append(f"{where}: {len(meta['views'])} views, the index says {views}")
     for member, data in sorted(members.items()):

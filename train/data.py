@@ -605,7 +605,13 @@ def make_sample(
         table = points = None
         mask_bytes = raw.get(schema.mask_member(index))
         if mask_bytes is not None and crops.min_object_fraction > 0:
-            mask = np.asarray(Image.open(io.BytesIO(mask_bytes)).convert("L")) > 127
+            try:
+                mask = np.asarray(Image.open(io.BytesIO(mask_bytes)).convert("L")) > 127
+            except (OSError, ValueError, SyntaxError) as exc:  # a damaged mask file
+                reason = str(exc).split(" <_io.")[0]
+                raise DataError(
+                    f"{schema.mask_member(index)} cannot be decoded ({type(exc).__name__}: {reason})"
+                ) from None
             if mask.shape != (height, width):
                 raise DataError(
                     f"sample {key}: view{index} mask is {mask.shape}, image {height}x{width}"
