@@ -218,3 +218,18 @@ def test_damaged_journal_record_renders_the_shard_again(tmp_path):
     (version / JOURNAL_DIR / "shard-000002.tar.json").write_text("{not json")
     assert _build(spec).rendered == ["shard-000002.tar"]
     assert verify_dataset(str(version)).ok
+
+
+def test_a_tar_without_its_sidecar_is_rendered_again(tmp_path):
+    """A build stopped between publishing a tar and its sidecar leaves a tar nobody vouches
+    for: the next build renders it again and publishes both."""
+    clean = _build(_spec(tmp_path / "clean-spec", str(tmp_path / "clean")))
+    spec = _spec(tmp_path / "spec", str(tmp_path / "out"))
+    version = _build(spec).version_url
+    storage.remove(storage.join(version, "shard-000002.json"))
+    storage.remove(storage.join(version, "index.json"))
+    resumed = _build(spec)
+    assert resumed.rendered == ["shard-000002.tar"]
+    assert storage.exists(storage.join(version, "shard-000002.json"))
+    assert verify_dataset(str(tmp_path / "out")).ok
+    assert _shard_hashes(version) == _shard_hashes(clean.version_url)

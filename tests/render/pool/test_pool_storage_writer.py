@@ -177,3 +177,48 @@ def test_render_shard_publishes_tar_then_sidecar_and_retries(make_spec, catalog_
     assert hashlib.sha256(data).hexdigest() == sidecar["sha256"] and len(data) == sidecar["bytes"]
     assert storage.read_json(storage.join(url, "shard-000000.json"))["keys"] == sidecar["keys"]
     assert session.resets >= 1
+
+
+def test_the_tar_is_published_before_its_sidecar(make_spec, catalog_dir, monkeypatch):
+    pool_fakes.write_catalogs(catalog_dir, n_materials=2)
+    spec = make_spec(dataset={"shard_size": 10})
+    shard = make_plan(spec, load_catalogs(spec)).shards[0]
+    url = "memory://publish-order/v"
+    order: list[str] = []
+    put_file, write_json = storage.put_file, storage.write_json
+
+    def record_put(local, target):
+        assert not storage.exists(storage.join(url, "shard-000000.json"))  # no sidecar yet
+        order.append(target.rsplit("/", 1)[-1])
+        put_file(local, target)
+
+    def record_json(target, obj):
+        assert storage.exists(storage.join(url, "shard-000000.tar"))  # the tar is there first
+        order.append(target.rsplit("/", 1)[-1])
+        write_json(target, obj)
+
+    monkeypatch.setattr(storage, "put_file", record_put)
+    monkeypatch.setattr(storage, "write_json", record_json)
+    render_shard(pool_fakes.FakeSession(), shard.to_dict(), url, max_retries=0)
+    assert order == ["shard-000000.tar", "shard-000000.json"]
+
+
+def test_a_failure_while_publishing_leaves_no_partial_file(
+    make_spec, catalog_dir, tmp_path, monkeypatch
+):
+    pool_fakes.write_catalogs(catalog_dir, n_materials=2)
+    spec = make_spec(dataset={"shard_size": 10})
+    shard = make_plan(spec, load_catalogs(spec)).shards[0]
+    out = tmp_path / "v"
+    out.mkdir()
+
+    def broken_link(src, dst):
+        with open(dst, "wb") as fh:
+            fh.write(b"part of a shard")  # the temporary file is half written ...
+        raise OSError("injected: no space left on device")  # ... when the disk fails
+
+    monkeypatch.setattr(os, "link", broken_link)
+    with pytest.raises(OSError):
+        render_shard(pool_fakes.FakeSession(), shard.to_dict(), str(out), max_retries=0)
+    # Neither the shard, its sidecar nor a temporary file is left where readers look.
+    assert sorted(p.name for p in out.iterdir()) == []
