@@ -281,3 +281,28 @@ def test_synthetic_shards_pass_the_schema(tmp_path):
     assert "synth-000__g0000.view1.mask.png" in names
     schema.validate_meta(meta, "synth-000__g0000")
     schema.validate_index(json.loads((tmp_path / "index.json").read_text()))
+
+
+@pytest.mark.parametrize("world, workers", [(1, 1), (2, 2)])
+def test_every_sample_once_per_epoch_across_ranks_and_workers(shard_dir, world, workers):
+    """Two epochs of 12 samples over ``world`` ranks x ``workers`` workers with a shuffle
+    buffer: a stream's batches run across the epoch boundary, the streams together see each
+    sample exactly once per epoch (shards are dealt to the streams afresh every epoch), and
+    the order of the second epoch is not the first's."""
+    cfg = _cfg(**{"data.batch_size": 2, "data.num_workers": workers, "data.shuffle_buffer": 4})
+    shards = expand_urls(str(shard_dir))
+    per_stream = 12 // (world * workers)
+    epochs: list[list[list[str]]] = [[], []]
+    for rank in range(world):
+        loader = Loader(shards, cfg.data, cfg.crops, 8, seed=5, rank=rank, world=world)
+        # Batches alternate between the workers: batch i comes from worker i % workers.
+        batches = _batches(loader, 2 * per_stream * workers // 2)
+        for w in range(workers):
+            keys = [k for b in batches[w::workers] for k in b["keys"]]
+            assert len(keys) == 2 * per_stream
+            epochs[0].append(keys[:per_stream])
+            epochs[1].append(keys[per_stream:])
+    for epoch in epochs:
+        flat = [k for stream in epoch for k in stream]
+        assert sorted(flat) == sorted(set(flat)) and len(flat) == 12  # each sample once
+    assert epochs[0] != epochs[1]  # a new order
