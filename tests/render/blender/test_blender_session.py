@@ -19,6 +19,14 @@ def _pixels(data: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)))
 
 
+def _background_detail(view) -> float:
+    """Mean absolute difference between horizontal neighbours on background pixels."""
+    image = _pixels(view.image).astype(float)
+    back = _pixels(view.mask) < 8
+    both = back[:, 1:] & back[:, :-1]
+    return float(np.abs(np.diff(image, axis=1)).mean(-1)[both].mean())
+
+
 def test_renders_view_with_passes(session, job):
     view = session.render_view(job)
     image = _pixels(view.image)
@@ -62,9 +70,20 @@ def test_rotation_strength_and_backgrounds_change_pixels(session, job):
     assert corner[2] > 200 and corner[0] < 30  # pure blue behind the object
     job["background"] = {"mode": "random"}
     view = session.render_view(job)
-    assert len(view.meta["background"]["color"]) == 3
+    colour = np.asarray(view.meta["background"]["color"])
+    assert colour.shape == (3,) and ((0.05 <= colour) & (colour <= 0.9)).all()
+    # The recorded colour is what is behind the object (linear, shown through sRGB) ...
+    srgb = np.where(colour <= 0.0031308, 12.92 * colour, 1.055 * colour ** (1 / 2.4) - 0.055)
+    assert np.abs(_pixels(view.image)[0, 0] - srgb * 255).max() < 12
+    # ... and another seed draws another colour.
+    job["background"], job["seed"] = {"mode": "random"}, job["seed"] + 1
+    assert session.render_view(job).meta["background"]["color"] != colour.tolist()
+    # Blur: the HDRI behind the object, smoothed: the background varies less pixel to pixel.
+    job["background"] = {"mode": "hdri"}
+    sharp = session.render_view(job)
     job["background"] = {"mode": "blur"}
-    assert session.render_view(job).image
+    blurred = session.render_view(job)
+    assert _background_detail(blurred) < 0.7 * _background_detail(sharp)
 
 
 @pytest.mark.parametrize(
