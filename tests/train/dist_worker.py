@@ -64,6 +64,9 @@ def main_worker(shard_dir: Path, out: Path) -> None:
     result: dict = {"contrast": contrast_across_ranks(rank)}
     for parallel in ("ddp", "fsdp"):
         overrides = micro_overrides(shard_dir, out / parallel, steps=3) + [f"parallel={parallel}"]
+        if parallel == "fsdp":  # a 4-step run stopped after step 3, resumed below
+            overrides = micro_overrides(shard_dir, out / parallel, steps=4)
+            overrides += ["parallel=fsdp", "stop_at_step=3"]
         summary = main(load_config(None, overrides))
         result[parallel] = {
             "step": summary["step"],
@@ -75,6 +78,16 @@ def main_worker(shard_dir: Path, out: Path) -> None:
         load_config(None, micro_overrides(shard_dir, out / "fsdp", steps=4) + ["parallel=fsdp"])
     )
     result["fsdp_resumed"] = {
+        "step": summary["step"],
+        "losses": {k: v for k, v in summary["last"].items() if k.startswith("loss/")},
+    }
+    # The same 4 steps without the interruption: the resumed run must match it.
+    summary = main(
+        load_config(
+            None, micro_overrides(shard_dir, out / "fsdp-full", steps=4) + ["parallel=fsdp"]
+        )
+    )
+    result["fsdp_uninterrupted"] = {
         "step": summary["step"],
         "losses": {k: v for k, v in summary["last"].items() if k.startswith("loss/")},
     }

@@ -88,3 +88,8 @@ def test_torchrun_ddp_and_fsdp2(shard_dir, tmp_path, micro):
     for result in results:
         assert result["fsdp_resumed"]["step"] == 4
         assert result["fsdp_resumed"]["losses"]["loss/total"] == fsdp[3]["loss/total"]
+        # FSDP2 resumed from its full-state checkpoint = the same run uninterrupted.
+        uninterrupted = result["fsdp_uninterrupted"]
+        assert uninterrupted["step"] == 4
+        for name, value in uninterrupted["losses"].items():
+            assert result["fsdp_resumed"]["losses"][name] == pytest.approx(value, rel=1e-6), name
