@@ -306,3 +306,21 @@ def test_every_sample_once_per_epoch_across_ranks_and_workers(shard_dir, world, 
         flat = [k for stream in epoch for k in stream]
         assert sorted(flat) == sorted(set(flat)) and len(flat) == 12  # each sample once
     assert epochs[0] != epochs[1]  # a new order
+
+
+def test_resampled_mode_draws_shards_with_replacement_per_epoch(shard_dir):
+    """``data.resampled``: each stream draws its shards with replacement, afresh every epoch,
+    reproducibly for a seed; batches keep coming past what one pass over the data holds."""
+    cfg = _cfg(**{"data.resampled": "true", "data.batch_size": 3, "data.shuffle_buffer": 1})
+    shards = expand_urls(str(shard_dir))
+    stream = ShardStream(shards, cfg.data, cfg.crops, 8, seed=0, rank=0, world=2)
+    plans = [stream._epoch_plan(epoch, 0, 2)[0] for epoch in range(8)]
+    assert all(len(p) == len(shards) // 2 and set(p) <= set(shards) for p in plans)
+    assert len({tuple(p) for p in plans}) > 1  # a new draw each epoch
+    assert any(len(set(p)) < len(p) for p in plans)  # with replacement: repeats happen
+    again = ShardStream(shards, cfg.data, cfg.crops, 8, seed=0, rank=0, world=2)
+    assert [again._epoch_plan(e, 0, 2)[0] for e in range(8)] == plans
+    keys = [
+        k for b in _batches(Loader(shards, cfg.data, cfg.crops, 8, seed=0), 8) for k in b["keys"]
+    ]
+    assert len(keys) == 24 > 12  # more than one pass over the 12 samples
