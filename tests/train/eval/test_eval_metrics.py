@@ -134,7 +134,26 @@ def test_knn_temperature_weighting_matches_reference():
     sims = M.cosine_matrix(feats)[0, 1:]
     w = np.exp(sims / 0.05)
     assert w[2] > w[0] + w[1]  # reference: class 2 wins for query 0 at low temperature
-    assert sharp["knn@3"] > flat["knn@3"]
+
+    def reference(temperature: float) -> float:
+        """Weighted 3-NN written out: every other view is admissible (materials differ)."""
+        unit = feats / np.linalg.norm(feats, axis=1, keepdims=True)
+        right = 0
+        for i in range(4):
+            others = [j for j in range(4) if j != i]
+            nearest = sorted(others, key=lambda j: -unit[i] @ unit[j])[:3]
+            votes: dict[int, float] = {}
+            for j in nearest:
+                votes[category[j]] = votes.get(category[j], 0.0) + np.exp(
+                    unit[i] @ unit[j] / temperature
+                )
+            right += max(votes, key=votes.get) == category[i]
+        return right / 4
+
+    # Sharp: every query follows its one close same-class neighbour: all right. Flat: the
+    # other class holds two of each query's three neighbours and outvotes it: all wrong.
+    assert sharp["knn@3"] == reference(0.05) == 1.0
+    assert flat["knn@3"] == reference(100.0) == 0.0
 
 
 def test_knn_no_admissible_neighbour():
