@@ -29,7 +29,6 @@ Stages (outputs under ``--out``):
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -182,14 +181,13 @@ def stage_eval(out: Path, data: dict[str, Path], runs: dict[str, Path]) -> Path:
     return eval_dir
 
 
-def headline(eval_dir: Path) -> str:
+def headline(eval_dir: Path, only: list[str] | None = None) -> str:
     """The tables printed at the end: one row per model (the report's own headline table),
     then, with several seeds, each model's mean ± half the spread over seeds."""
-    from train.eval.report import headline_table, seed_table
+    from train.eval.report import current_models, headline_table, seed_table
 
-    models = {
-        f.parent.name: json.loads(f.read_text()) for f in sorted(eval_dir.glob("*/metrics.json"))
-    }
+    names = [f.parent.name for f in sorted(eval_dir.glob("*/metrics.json"))]
+    models = current_models(eval_dir, [n for n in names if only is None or n in only])
     seeds = seed_table(models)
     return headline_table(models) + ("\n\nover seeds:\n" + seeds if seeds else "")
 
@@ -234,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     eval_dir = stage_eval(out, data, runs)
     times["eval"] = time.perf_counter() - start
 
-    print("\n" + headline(eval_dir))
+    print("\n" + headline(eval_dir, [*runs, "pixel-stats", "random-init"]))
     print("\nstage times: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in times.items()))
     print(f"training shards: {data['train']}")
     print(f"held-out eval shards: {data['eval']}")

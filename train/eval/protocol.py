@@ -42,6 +42,9 @@ from train.eval.features import Extractor, Features, extract_all
 
 logger = logging.getLogger("phieat.train")
 
+# Bumped whenever a metric's definition changes; a report never mixes results of two versions.
+PROTOCOL_VERSION = 2
+
 
 @dataclass
 class EvalConfig:
@@ -125,7 +128,7 @@ def evaluate(
     """Every metric of one model on ``eval_set`` (see the module docstring)."""
     started = time.perf_counter()
     rng = np.random.default_rng(cfg.seed)
-    out: dict = {"config": asdict(cfg), "counts": {}}
+    out: dict = {"protocol_version": PROTOCOL_VERSION, "config": asdict(cfg), "counts": {}}
     figures: dict = {}
     es = eval_set
     obj = _object_views(es, cfg)

@@ -29,6 +29,7 @@ import numpy as np
 from PIL import Image
 
 from train.eval.figures import loss_curves, pca_figure, retrieval_grid, selection_figure
+from train.eval.protocol import PROTOCOL_VERSION
 
 logger = logging.getLogger("phieat.train")
 
@@ -514,6 +515,26 @@ def _model_line(name: str, m: dict) -> str:
     return f"- **{name}**: " + ", ".join(bits)
 
 
+def current_models(out: Path, names: list[str]) -> dict[str, dict]:
+    """``{name: metrics}`` of the named model folders scored by this evaluation protocol; a
+    result of an older protocol (other metric definitions) is left out with a warning, so
+    that one table never mixes two definitions of a metric."""
+    models = {}
+    for name in names:
+        metrics = json.loads((out / name / "metrics.json").read_text())
+        if metrics.get("protocol_version") != PROTOCOL_VERSION:
+            logger.warning(
+                "%s: left out of the report: scored by an older evaluation protocol "
+                "(version %s, now %s); evaluate it again to include it",
+                name,
+                metrics.get("protocol_version", 1),
+                PROTOCOL_VERSION,
+            )
+            continue
+        models[name] = metrics
+    return models
+
+
 def write_report(out_dir: str | Path) -> Path:
     """Draw every figure and write ``report.md`` from the model folders under ``out_dir``."""
     out = Path(out_dir)
@@ -526,7 +547,13 @@ def write_report(out_dir: str | Path) -> Path:
     if order_file.exists():
         listed = [n for n in json.loads(order_file.read_text()) if n in names]
         names = listed + [n for n in names if n not in listed]
-    models = {n: json.loads((out / n / "metrics.json").read_text()) for n in names}
+    models = current_models(out, names)
+    names = list(models)
+    if not names:
+        raise FileNotFoundError(
+            f"{out}: every result there was scored by an older evaluation protocol; run "
+            f"`phieat-eval run ... --out {out}` again"
+        )
     figs = out / "figures"
     lines = ["# phieat evaluation report", ""]
     first = models[names[0]]

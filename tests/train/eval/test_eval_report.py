@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
 from train.eval import figures as F
@@ -266,3 +268,19 @@ def test_headline_states_chance_and_where_settings_came_from():
     lines = R.below_chance_lines({"model-a": m})
     assert len(lines) == 1 and "metal vs dielectric probe does not beat" in lines[0]
     assert "model-a (0.500)" in lines[0] and "families never seen" in lines[0]
+
+
+def test_a_report_never_mixes_two_protocol_versions(tmp_path, caplog):
+    from train.eval.protocol import PROTOCOL_VERSION
+
+    for name, version in (("new", PROTOCOL_VERSION), ("old", None)):
+        (tmp_path / name).mkdir()
+        metrics = {"retrieval": {"recall@1": 0.5, "chance_recall@1": 0.1, "n_queries": 100}}
+        if version is not None:
+            metrics["protocol_version"] = version
+        (tmp_path / name / "metrics.json").write_text(json.dumps(metrics))
+    caplog.set_level("WARNING", logger="phieat.train")
+    assert list(R.current_models(tmp_path, ["new", "old"])) == ["new"]
+    assert "old: left out of the report: scored by an older evaluation protocol" in caplog.text
+    report = R.write_report(tmp_path).read_text()
+    assert "| new |" in report and "| old |" not in report
