@@ -63,8 +63,8 @@ log = logging.getLogger("phieat.train")
 LOSS_NAMES = ("dino", "ibot", "koleo", "gram", "contrast", "total")
 
 # Keys (or sections, ending in ".") that define what a run learns: a resumed run may not change
-# them without allow_config_change = true. The data itself is compared by its index.json hash
-# (or, without an index, by data.urls).
+# them without allow_config_change = true. The data itself is compared by ``data_identity``
+# (its version and shard checksums; without an index, by data.urls).
 CONFIG_FIXED = (
     "data.physical_augmentation",
     "data.labels",
@@ -418,7 +418,7 @@ def config_changes(
             fixed[key] = [old[key], new[key]]
     if saved_index_hash and index_hash:
         if saved_index_hash != index_hash:
-            fixed["data (index.json hash)"] = [saved_index_hash, index_hash]
+            fixed["data (version and shard checksums)"] = [saved_index_hash, index_hash]
     elif old.get("data.urls") != new.get("data.urls"):
         fixed["data.urls"] = [old.get("data.urls"), new.get("data.urls")]
     return fixed, schedule
@@ -426,6 +426,16 @@ def config_changes(
 
 def _describe(changes: dict[str, list]) -> str:
     return ", ".join(f"{k} {_fmt(a)} -> {_fmt(b)}" for k, (a, b) in changes.items())
+
+
+def data_identity(index: dict | None) -> str:
+    """What a dataset *is*, for the resume check: its version and every shard's name,
+    sha256 and sample count. Not the whole ``index.json``: a build that resumes rewrites it
+    (its ``created`` time) without changing one byte of data."""
+    if not index:
+        return ""
+    shards = [[s.get("name"), s.get("sha256"), s.get("samples")] for s in index.get("shards", [])]
+    return schema.hash_obj({"version": index.get("version"), "shards": shards})
 
 
 def check_resumed_config(
@@ -543,7 +553,7 @@ def main(cfg: TrainConfig) -> dict:
     source = resolve_data(cfg.data)
     shards = source.shards
     index = read_index(cfg.data, shards, source.index_url)
-    index_hash = schema.hash_obj(index) if index else ""
+    index_hash = data_identity(index)
     records = shard_records(index, shards, locate_index(cfg.data, shards, source.index_url))
     if cfg.data.verify_shards and not records:
         log.warning(

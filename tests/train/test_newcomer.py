@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shutil
 import tomllib
 
 import pytest
@@ -65,8 +66,20 @@ def test_resume_refuses_other_data(shard_dir, tmp_path, micro):
     _run(micro, shard_dir, tmp_path / "run", 2)
     other = tmp_path / "other"
     write_synthetic_shards(other, materials=12, views=4, size=64, per_shard=3, seed=5)
-    with pytest.raises(ConfigError, match=r"data \(index.json hash\)"):
+    with pytest.raises(ConfigError, match=r"data \(version and shard checksums\)"):
         _run(micro, other, tmp_path / "run", 4)
+
+
+def test_resume_accepts_a_rebuilt_index_of_the_same_data(shard_dir, tmp_path, micro):
+    """A build that resumes rewrites index.json (its creation time) without changing the
+    data: training resumes."""
+    data = tmp_path / "data"
+    shutil.copytree(shard_dir, data)
+    _run(micro, data, tmp_path / "run", 2)
+    index = json.loads((data / "index.json").read_text())
+    index["created"] = "2099-01-01T00:00:00Z"
+    (data / "index.json").write_text(json.dumps(index))
+    _run(micro, data, tmp_path / "run", 2)  # the same run: nothing refused
 
 
 def test_schedule_change_is_warned_and_recorded(shard_dir, tmp_path, micro, caplog):
