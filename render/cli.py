@@ -34,26 +34,13 @@ import sys
 import threading
 from collections.abc import Iterator, Sequence
 
+from phieat.helpfmt import HelpFormatter
 from phieat.schema import SchemaError
 from render import storage
 from render.errors import BuildStopped, ClusterError
 from render.plan import PlanError
 
 logger = logging.getLogger("phieat.render")
-
-
-class _Formatter(argparse.RawDescriptionHelpFormatter):
-    """Keeps the examples' layout and shows defaults that carry information."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        default = action.default
-        uninformative = (
-            default is None or default is False or default == [] or default == argparse.SUPPRESS
-        )
-        if not uninformative and "%(default)" not in text:
-            text += " (default: %(default)s)"
-        return text
 
 
 def _spec_args(p: argparse.ArgumentParser) -> None:
@@ -223,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="phieat-render",
         description="Render material datasets with Blender (Cycles) into WebDataset shards.",
         epilog=__doc__.split("\n", 2)[2],
-        formatter_class=_Formatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument(
         "-v", "--verbose", action="store_true", help="show Blender's own logs and info messages"
@@ -240,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
         "  phieat-render plan manifests/tiny.toml --json > plan.json\n"
         "  phieat-render plan manifests/full.toml --estimate\n"
         "  phieat-render plan manifests/demo.toml --diff     # what a re-run would add",
-        formatter_class=_Formatter,
+        formatter_class=HelpFormatter,
     )
     _spec_args(p)
     p.add_argument("--json", action="store_true", help="print the whole plan as canonical JSON")
@@ -283,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
         "  phieat-render build manifests/full.toml --address auto --output s3://bucket/full\n"
         "  phieat-render build manifests/full.toml --material-timeout-s 600\n"
         "  phieat-render build manifests/tiny.toml --set render.samples=4 --set dataset.views=3",
-        formatter_class=_Formatter,
+        formatter_class=HelpFormatter,
     )
     _spec_args(p)
     p.add_argument("--local", action="store_true", help="render in this process, without Ray")
@@ -341,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Check every shard listed in index.json: presence, size, sha256, sidecar, "
         "sample count, schema of every sample, V views, decodable images, unique keys.",
         epilog="examples:\n  phieat-render verify out/tiny\n  phieat-render verify s3://bucket/full --quick",
-        formatter_class=_Formatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("url", help="dataset output (uses latest.json) or a version folder v-<hash>")
     p.add_argument(
@@ -356,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
         "column one of its V views; rows come from shards spread over the index (or --shard).",
         epilog="examples:\n  phieat-render preview out/tiny -o out/tiny.png\n"
         "  phieat-render preview out/demo --shard 2 --rows 20 --thumb 96",
-        formatter_class=_Formatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("url", help="dataset output (uses latest.json) or a version folder")
     p.add_argument(

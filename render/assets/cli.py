@@ -25,29 +25,13 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from phieat.helpfmt import HelpFormatter
 from render.assets import catalog as cat
 from render.assets import families, lights, meshes, texsets
 from render.assets import preview as prev
 
 logger = logging.getLogger("phieat.render")
 MIN_TEST = {"materials": 1, "meshes": 8, "lights": 3}
-
-
-class _Formatter(argparse.RawDescriptionHelpFormatter):
-    """Keep the examples' line breaks and show each option's default, unless the help text
-    already says it or there is none to show (None, False, an empty list)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        default = action.default
-        if (
-            "default" in text
-            or default in (None, argparse.SUPPRESS)
-            or default is False
-            or default == []
-        ):
-            return text
-        return text + " (default: %(default)s)"
 
 
 EXAMPLES = {
@@ -329,7 +313,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "assets",
         help="generate, scan, validate, split, summarise and preview asset catalogs",
         description=__doc__,
-        formatter_class=_Formatter,
+        formatter_class=HelpFormatter,
     )
     parser.set_defaults(func=lambda _args: parser.print_help() or 0)
     sub = parser.add_subparsers(dest="assets_command", metavar="COMMAND")
@@ -338,7 +322,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "generate",
         description=EXAMPLES["generate"],
         help="write the built-in catalogs (procedural materials, meshes, lights)",
-        formatter_class=_Formatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument(
         "--out-dir", default="manifests", help="folder for materials/meshes/lights.jsonl"
@@ -359,7 +343,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "scan",
         description=EXAMPLES["scan"],
         help="add texture sets, mesh files or HDRIs from a folder",
-        formatter_class=_Formatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("kind", choices=cat.KINDS, help="what the folder holds")
     p.add_argument("folder", help="folder to scan (recursively)")
@@ -388,7 +372,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "validate",
         description=EXAMPLES["validate"],
         help="check catalogs: ids, fields, files, images, categories, diversity",
-        formatter_class=_Formatter,
+        formatter_class=HelpFormatter,
     )
     _catalog_args(p)
     p.add_argument(
@@ -403,7 +387,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "split",
         description=EXAMPLES["split"],
         help="(re)assign train/val/test by group, in place",
-        formatter_class=_Formatter,
+        formatter_class=HelpFormatter,
     )
     _catalog_args(p)
     _split_args(p)
@@ -413,7 +397,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "summary",
         description=EXAMPLES["summary"],
         help="counts per split, category, source, family, kind",
-        formatter_class=_Formatter,
+        formatter_class=HelpFormatter,
     )
     _catalog_args(p)
     p.set_defaults(func=cmd_summary)
@@ -422,7 +406,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "preview",
         description=EXAMPLES["preview"],
         help="render a contact sheet PNG of materials, meshes or lights",
-        formatter_class=_Formatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--kind", choices=cat.KINDS, default="materials", help="what to show")
     p.add_argument("--catalog", help="catalog file (default manifests/<kind>.jsonl)")
@@ -442,7 +426,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``assets`` commands on their own: ``python -m render.assets.cli validate``."""
     top = argparse.ArgumentParser(
-        prog="python -m render.assets.cli", description=__doc__, formatter_class=_Formatter
+        prog="python -m render.assets.cli", description=__doc__, formatter_class=HelpFormatter
     )
     top.add_argument("-v", "--verbose", action="store_true", help="info logs and Blender's output")
     subs = top.add_subparsers(dest="command")

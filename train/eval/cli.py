@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from phieat.helpfmt import HelpFormatter
 from train.eval import data as eval_data
 from train.eval import report as eval_report
 from train.eval.features import SPEC_HELP, load_model
@@ -53,23 +54,6 @@ def _model_arg(text: str) -> tuple[str, str]:
     return name, spec
 
 
-class _Formatter(argparse.RawDescriptionHelpFormatter):
-    """Keep the examples' line breaks; show an option's default unless its help says it or
-    there is none (None, False, an empty list)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        default = action.default
-        if (
-            "default" in text
-            or default in (None, argparse.SUPPRESS)
-            or default is False
-            or default == []
-        ):
-            return text
-        return text + " (default: %(default)s)"
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="phieat-eval",
@@ -82,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="evaluate models on an eval set, write metrics and the report",
         description="Evaluate models on held-out data.\n\nModel specs:\n" + SPEC_HELP,
-        formatter_class=_Formatter,
+        formatter_class=HelpFormatter,
     )
     run.add_argument(
         "--model",
