@@ -2,7 +2,8 @@
 
 A dataset version is a folder or URL prefix holding ``shard-000000.tar``, ``shard-000001.tar``,
 ... Each published shard has a sidecar ``shard-000000.json`` (sha256, sample count, plan hash)
-and a build ends by writing ``index.json``.
+and a build ends by writing ``index.json``, with a dataset card ``README.md`` and ``wids.json``
+beside it for other loaders (Hugging Face ``datasets``, ``wids``).
 
 One sample is one material and V >= 2 views of it. Inside a tar, WebDataset groups files by
 the part of the base name before the first dot, so a sample is stored as::
@@ -31,13 +32,28 @@ under the same light and camera, view by view; a group's samples are consecutive
 shard (unless the group is longer than a shard). ``index.json`` then holds
 ``hard_negative_group_size``, the spec's group size.
 
-This module imports only the standard library: a trainer machine never needs Blender.
+Optional per-view crop metadata (``object_crop_meta``), written by the renderer from the view's
+mask so that a trainer places its crops on the object without decoding the mask; shards without
+it keep working through the mask, from which the trainer computes the same record:
+
+* ``object_bbox``: ``[x0, y0, x1, y1]``, the object's bounding box (pixel edges, ``x1``/``y1``
+  exclusive) divided by the image width/height and rounded to 6 decimals, so that
+  ``object_bbox_pixels`` recovers the pixels exactly; ``null`` when the mask holds no object;
+* ``object_grid``: the object's occupancy on a ``G x G`` grid (``G = 16``) spanning the bounding
+  box, cell edges ``grid_edges``: one byte per cell, row-major, as a hex string (``2 G^2``
+  characters; ``""`` with a null box). A byte is ``round(255 * object pixels / cell pixels)``,
+  but 0 only for a cell without object pixels and 255 only for a full one. An object pixel is
+  a mask pixel above ``MASK_THRESHOLD`` (8-bit grey).
+
+This module imports only the standard library (``object_crop_meta`` imports numpy when called):
+a trainer machine never needs Blender.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -55,6 +71,10 @@ META_MEMBER = "json"
 MATID_BACKGROUND = 0  # the matid value of pixels where no object is
 INDEX_NAME = "index.json"
 FAILURES_NAME = "failures.jsonl"
+# Beside index.json, for loaders other than phieat's: a dataset card whose YAML front matter
+# Hugging Face ``datasets`` reads, and a ``wids`` shard list (url and sample count per shard).
+CARD_NAME = "README.md"
+WIDS_NAME = "wids.json"
 VIEW_TRANSFORMS = ("Standard", "AgX")
 
 SAMPLE_META_FIELDS = {
@@ -93,10 +113,21 @@ INDEX_FIELDS = {
     "categories": list,
     "licences": dict,
 }
+# What a build used, beside ``materials``: the material groups, meshes and lights of its
+# published samples (scene objects included). The leakage check of an evaluation reads them
+# instead of every shard's json; an index written before them lacks them.
+INDEX_MATERIAL_GROUPS = "material_groups"
+INDEX_MESHES = "meshes"
+INDEX_LIGHTS = "lights"
 # Optional fields: checked when present, so shards written before them stay valid.
 HARD_NEGATIVE_GROUP = "hard_negative_group"
 SAMPLE_META_OPTIONAL_FIELDS = {HARD_NEGATIVE_GROUP: str}
-INDEX_OPTIONAL_FIELDS = {"hard_negative_group_size": int}
+INDEX_OPTIONAL_FIELDS = {
+    "hard_negative_group_size": int,
+    INDEX_MATERIAL_GROUPS: list,
+    INDEX_MESHES: list,
+    INDEX_LIGHTS: list,
+}
 SHARD_FIELDS = {"name": str, "samples": int, "bytes": int, "sha256": str, "plan_hash": str}
 
 
@@ -198,6 +229,92 @@ def hash_obj(obj: Any, length: int = 16) -> str:
     return hashlib.sha256(canonical_json(obj).encode("utf-8")).hexdigest()[:length]
 
 
+# ----------------------------------------------------------------------------- crop metadata
+
+# Per-view fields of a sample's json (optional: see the module docstring).
+OBJECT_BBOX = "object_bbox"
+OBJECT_GRID = "object_grid"
+OBJECT_GRID_SIZE = 16  # cells per side of the occupancy grid the renderer writes
+MASK_THRESHOLD = 127  # a mask pixel (8-bit grey) above this belongs to the object
+BBOX_DECIMALS = 6
+HEX_RE = re.compile(r"^[0-9a-f]*$")
+
+
+def grid_edges(start: int, stop: int, cells: int) -> list[int]:
+    """Pixel edges of ``cells`` cells splitting ``[start, stop)``: ``start + i * (stop - start) // cells``
+    for ``i = 0 .. cells`` (a box narrower than ``cells`` pixels has empty cells)."""
+    return [start + i * (stop - start) // cells for i in range(cells + 1)]
+
+
+def object_bbox_pixels(bbox: list[float], width: int, height: int) -> tuple[int, int, int, int]:
+    """``object_bbox`` back in pixels ``(x0, y0, x1, y1)`` of a ``width x height`` image."""
+    x0, y0, x1, y1 = (
+        min(max(int(round(v * size)), 0), size)
+        for v, size in zip(bbox, (width, height, width, height), strict=True)
+    )
+    return x0, y0, x1, y1
+
+
+def object_crop_meta(mask: Any, cells: int = OBJECT_GRID_SIZE) -> dict[str, Any]:
+    """``{object_bbox, object_grid}`` of one view from its object mask (bool ``[H, W]`` array).
+
+    The renderer stores it in the view's json; a trainer reading a shard without it computes
+    it from the decoded mask, so both see the very same record."""
+    import numpy as np  # only here: the rest of the contract needs no numpy
+
+    mask = np.asarray(mask, dtype=bool)
+    height, width = mask.shape
+    rows = np.flatnonzero(mask.any(axis=1))
+    if not len(rows):
+        return {OBJECT_BBOX: None, OBJECT_GRID: ""}
+    cols = np.flatnonzero(mask.any(axis=0))
+    x0, y0, x1, y1 = int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+    ys, xs = np.array(grid_edges(y0, y1, cells)), np.array(grid_edges(x0, x1, cells))
+    # Object pixels per cell; reduceat sums [start_i, start_i+1), and gives a stray row or
+    # column for an empty cell, which the cell's zero size then clears.
+    counts = np.add.reduceat(mask[y0:y1, x0:x1], xs[:-1] - x0, axis=1, dtype=np.int64)
+    counts = np.add.reduceat(counts, ys[:-1] - y0, axis=0)
+    area = (ys[1:] - ys[:-1])[:, None] * (xs[1:] - xs[:-1])
+    counts *= area > 0
+    occupancy = (510 * counts + area) // np.maximum(2 * area, 1)  # round half up
+    occupancy = occupancy.clip(counts > 0, 255 - (counts < area))  # 0 if empty, 255 if full
+    bbox = [
+        round(v / size, BBOX_DECIMALS)
+        for v, size in zip((x0, y0, x1, y1), (width, height, width, height), strict=True)
+    ]
+    return {OBJECT_BBOX: bbox, OBJECT_GRID: occupancy.astype(np.uint8).tobytes().hex()}
+
+
+def _check_object_meta(view: Mapping, where: str) -> None:
+    """The optional crop metadata of one view: both fields or neither, well formed."""
+    if OBJECT_BBOX not in view and OBJECT_GRID not in view:
+        return
+    if OBJECT_BBOX not in view or OBJECT_GRID not in view:
+        raise SchemaError(
+            f"{where} has one of {OBJECT_BBOX!r} and {OBJECT_GRID!r} without the other"
+        )
+    bbox, grid = view[OBJECT_BBOX], view[OBJECT_GRID]
+    if not isinstance(grid, str):
+        raise SchemaError(f"{where}.{OBJECT_GRID} must be a hex string, got {type(grid).__name__}")
+    if bbox is None:
+        if grid:
+            raise SchemaError(f"{where}.{OBJECT_GRID} must be empty when {OBJECT_BBOX} is null")
+        return
+    numbers = isinstance(bbox, list) and len(bbox) == 4
+    numbers = numbers and all(isinstance(v, int | float) and not isinstance(v, bool) for v in bbox)
+    if not numbers or not (0 <= bbox[0] < bbox[2] <= 1 and 0 <= bbox[1] < bbox[3] <= 1):
+        raise SchemaError(
+            f"{where}.{OBJECT_BBOX} {bbox!r} is not [x0, y0, x1, y1] with 0 <= x0 < x1 <= 1 "
+            "and 0 <= y0 < y1 <= 1 (or null)"
+        )
+    cells = math.isqrt(len(grid) // 2)
+    if cells < 1 or len(grid) != 2 * cells * cells or not HEX_RE.match(grid):
+        raise SchemaError(
+            f"{where}.{OBJECT_GRID} must hold 2 hex digits per cell of a square grid "
+            f"(2 * G * G characters), got {len(grid)} characters"
+        )
+
+
 # ----------------------------------------------------------------------------- validation
 
 
@@ -267,6 +384,7 @@ def validate_meta(meta: Mapping, key: str | None = None) -> Mapping:
                 f"{where}.views[{i}].view_transform {view['view_transform']!r} is not one of "
                 f"{list(VIEW_TRANSFORMS)}"
             )
+        _check_object_meta(view, f"{where}.views[{i}]")
     return meta
 
 

@@ -12,8 +12,9 @@
    each published atomically with its sidecar; the build notes what it published in its
    journal (``journal/``, see ``published_sidecar``), so an edited sidecar cannot keep a
    changed shard;
-5. write ``failures.jsonl`` (material, reason, attempts), a new ``index.json`` (older ones
-   stay under ``indexes/``) and ``<output>/latest.json``; return a non-zero exit code when a
+5. write ``failures.jsonl`` (material, reason, attempts), the dataset card ``README.md`` and
+   ``wids.json`` for other loaders (``render.card``), a new ``index.json`` (older ones stay
+   under ``indexes/``) and ``<output>/latest.json``; return a non-zero exit code when a
    shard is missing or failures exceed ``[build].max_failure_fraction``.
 
     from render.build import build
@@ -28,19 +29,23 @@ import os
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from phieat.schema import (
     FAILURES_NAME,
+    INDEX_LIGHTS,
+    INDEX_MATERIAL_GROUPS,
+    INDEX_MESHES,
     INDEX_NAME,
     SCHEMA_VERSION,
     canonical_json,
     sidecar_name,
     validate_index,
 )
-from render import storage
+from render import card, storage
 from render.errors import RenderError
 from render.plan import (
     SNAPSHOT_DIR,
@@ -521,9 +526,14 @@ def write_index(
     catalog_hashes: dict[str, str],
     blender_version: str,
 ) -> tuple[dict, str]:
-    """Write ``index.json`` (and a kept copy under ``indexes/``); returns it and its URL."""
+    """Write ``index.json`` (and a kept copy under ``indexes/``); returns it and its URL.
+
+    Before it, ``README.md`` and ``wids.json`` (``render.card``), made from the json members
+    of every indexed shard: a build re-reads them each time it ends.
+    """
     shards = []
     materials: dict[str, dict] = {}
+    used: dict[str, dict[str, dict]] = {"meshes": {}, "lights": {}}
     for shard in plan.shards:
         sidecar = sidecars.get(shard.name)
         if sidecar is None:
@@ -544,6 +554,11 @@ def write_index(
                 materials[sample["material"]["id"]] = sample["material"]
                 for entry in sample.get("scene_materials", []):
                     materials.setdefault(entry["id"], entry)
+                for job in sample["views"]:
+                    used["lights"].setdefault(job["light"]["id"], job["light"])
+                    objects = job.get("scene", {}).get("objects", [])
+                    for mesh in [job["mesh"], *(o["mesh"] for o in objects)]:
+                        used["meshes"].setdefault(mesh["id"], mesh)
     licences: dict[str, list[str]] = {}
     for mid, entry in sorted(materials.items()):
         licences.setdefault(entry["licence"], []).append(mid)
@@ -566,6 +581,9 @@ def write_index(
         "shards": shards,
         "failures": failures,
         "materials": sorted(materials),
+        INDEX_MATERIAL_GROUPS: sorted({str(m.get("group") or m["id"]) for m in materials.values()}),
+        INDEX_MESHES: sorted(used["meshes"]),
+        INDEX_LIGHTS: sorted(used["lights"]),
         "categories": sorted({m["category"] for m in materials.values()}),
         "licences": licences,
         "asset_licences": {
@@ -581,6 +599,13 @@ def write_index(
     if spec.hard_negatives.group_size:
         index["hard_negative_group_size"] = spec.hard_negatives.group_size
     validate_index(index)
+    # The card and wids list first: index.json, written last, marks the version finished.
+    summaries = card.scan_shards(version_url, [s["name"] for s in shards])
+    used_licences = {
+        kind: Counter(str(e.get("licence", "unknown")) for e in entries.values())
+        for kind, entries in used.items()
+    }
+    card.write_card(version_url, index, summaries, used_licences)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
     storage.write_json(storage.join(version_url, INDEX_DIR, f"index-{stamp}.json"), index)
     index_url = storage.join(version_url, INDEX_NAME)

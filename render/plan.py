@@ -837,29 +837,44 @@ def make_plan(
 
 # ----------------------------------------------------------------------------- estimate
 
-# Cost model in core-seconds per image (cores x wall-clock seconds / images) of a Ray pool
-# build, fitted to the project's own measurements on 2-core machines (Cycles 5.0, every view
-# on another mesh and HDRI as in a real plan):
-#   128 px / 16 samples:            0.90-0.95 core-s  (bench/render_bench.py, docs/cluster.md)
-#   256 px / 32 samples:            5.65-6.17 core-s  (same benchmark)
-#    64 px / 16 samples + denoiser: 0.6-0.7 core-s    (the demo's builds)
-# Path tracing scales with pixels x samples; the fixed part per view is scene sync, pass I/O,
-# compositing and encoding (with cores idle during its serial steps); OpenImageDenoise adds
-# a start-up cost plus a cost per pixel. The model gives 0.92, 5.87 and 0.65. The CPU time a
-# build's processes use is 15-40 % lower (see tests/faults/test_render_faults.py): the rest
-# is cores waiting on serial work. On other hardware use
-# `plan --estimate --core-s-per-image X` with a number from bench/render_bench.py.
-CORE_S_PER_PIXEL_SAMPLE = 2.7e-6
-CORE_S_FIXED_PER_VIEW = 0.21
-CORE_S_DENOISE_FIXED = 0.2
-CORE_S_DENOISE_PER_PIXEL = 1.0 / 65536
+# Cost model in core-seconds per image: the CPU time Blender and the build spend on one view,
+# which is what a Ray pool that keeps every core busy needs in cores x wall-clock seconds.
+# Fitted on 2026-12-02 on a shared 2-core x86 machine (AMD EPYC, 1 thread per core, bpy 5.0.1)
+# from the user CPU time (getrusage) of local builds with one 1-thread BlenderSession started
+# beforehand, the shipped catalogs, 4 materials x 3 views per build with manifests/tiny.toml's
+# camera, every view on another mesh and HDRI, 3 plan seeds, 3-8 runs per setting (user core-s
+# per image, mean and range; the model's value after the arrow):
+#    32 px / 16 samples:   0.115 (0.10-0.13) -> 0.13    + denoiser: 0.18 (0.15-0.20) -> 0.20
+#    64 px / 16 samples:   0.31  (0.28-0.33) -> 0.29    + denoiser: 0.41 (0.34-0.49) -> 0.42
+#   128 px / 16 samples:   0.93  (0.78-1.08) -> 0.92    + denoiser: 1.20 (1.09-1.29) -> 1.30
+# and the demo's training views (manifests/loop-train.toml: 64 px / 16 samples + denoiser,
+# closer camera), 8 runs of 3 materials x 4 views: 0.46 (0.33-0.54) -> 0.42.
+# System time is left out: while the one Cycles thread renders, Blender's idle worker threads
+# yield the CPU in a loop, which costs up to 0.3 s of system time per 64 px view when a core is
+# idle and almost nothing when the machine is busy; it is not work a full pool pays for.
+# Path tracing scales with pixels x samples (3.2e-6 core-s per pixel-sample). The fixed part
+# per view (0.08 core-s) is scene sync, building the view's mesh and material, pass I/O,
+# compositing and encoding, measured without any cache of meshes or materials across views:
+# with 3-12 views per shard nearly every view builds its own mesh. A cache that reuses them
+# lowers this term; refit it then. OpenImageDenoise adds a start-up cost plus a cost per pixel.
+# Against the pool benchmark of docs/cluster.md (cores x wall-clock, 2-thread actors included):
+# 128 px / 16 samples 0.90-1.13 (model 0.92), 256 px / 32 samples 5.65-6.17 (model 6.8), and
+# the README's demo, 4-6 images/s on 2 idle cores at 64 px / 16 samples + denoiser: 0.33-0.50
+# (model 0.42). On other hardware use `plan --estimate --core-s-per-image X` with a number
+# from bench/render_bench.py. tests/faults/test_render_faults.py checks the model against a
+# small real build (within 30 %).
+CORE_S_PER_PIXEL_SAMPLE = 3.2e-6
+CORE_S_FIXED_PER_VIEW = 0.08
+CORE_S_DENOISE_FIXED = 0.05
+CORE_S_DENOISE_PER_PIXEL = 2.0e-5
 BYTES_PER_PIXEL = {"jpg": 0.35, "png": 1.3, "png16": 3.2, "exr": 4.5}
 PASS_BYTES_PER_PIXEL = {"mask": 0.04, "matid": 0.06}
 TAR_MEMBER_OVERHEAD = 768  # header plus average padding
 
 
 def model_core_s_per_image(resolution: int, samples: int, denoise: bool) -> float:
-    """The model's core-seconds per image at these render settings (see above)."""
+    """The model's core-seconds per image at these render settings (see above): the CPU time
+    of rendering, building the scene of and encoding one view, Blender's start-up excluded."""
     pixels = resolution * resolution
     cost = CORE_S_FIXED_PER_VIEW + CORE_S_PER_PIXEL_SAMPLE * pixels * samples
     if denoise:

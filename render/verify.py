@@ -6,7 +6,10 @@
 
 Every shard listed in ``index.json`` must exist with the listed size and sha256 and agree
 with its sidecar; every sample must pass ``phieat.schema.validate_sample``, have exactly the
-index's number of views, decodable images, and a key that appears once in the dataset.
+index's number of views, decodable images, and a key that appears once in the dataset. The
+dataset card ``README.md`` and ``wids.json`` must list the indexed shards with their sample
+counts, and (unless ``--quick``, and when the shards are sound) the card's splits and features
+must be what ``render.card`` makes of the shards' members and json.
 Every problem is reported, not only the first: a missing or unreadable sidecar is one
 problem and the check goes on to the next shard. A shard name in the index that is not a
 plain file name (``../x.tar``) is refused, never read.
@@ -31,7 +34,7 @@ from phieat.schema import (
     validate_index,
     validate_sample,
 )
-from render import storage
+from render import card, storage
 from render.build import resolve_dataset_url
 from render.writer import file_sha256
 
@@ -137,16 +140,28 @@ def verify_dataset(url: str, deep: bool = True) -> VerifyReport:
             f"shards not in the index (a build in progress?): {sorted(on_disk - listed)}"
         )
     keys: dict[str, str] = {}
+    summaries: list[card.ShardSummary] = []
     for shard in index["shards"]:
         report.shards += 1
         refused = shard_name_problem(shard["name"])
         if refused:
             report.problems.append(f"{INDEX_NAME}: {refused}")
             continue
-        _verify_shard(report, version_url, shard, views, fmt, keys, deep)
+        _verify_shard(report, version_url, shard, views, fmt, keys, deep, summaries)
     indexed = sum(s["samples"] for s in index["shards"])
     if deep and report.samples != indexed:
         report.problems.append(f"index lists {indexed} samples, shards hold {report.samples}")
+    # The card's features are compared with sound shards only: a damaged one says nothing.
+    sound = deep and not report.problems
+    if deep and not sound:
+        report.notes.append(f"{card.CARD_NAME} features not compared: the shards have problems")
+    report.problems += card.check(version_url, index, summaries if sound else None)
+    long_names = sum(s.long_names for s in summaries)
+    if long_names:
+        report.notes.append(
+            f"{long_names} samples have tar member names over {card.USTAR_NAME_MAX} characters "
+            "(PAX headers): wids cannot read them, webdataset and datasets can"
+        )
     if index["failures"]:
         report.notes.append(f"{len(index['failures'])} failed samples recorded in failures.jsonl")
     return report
@@ -160,6 +175,7 @@ def _verify_shard(
     fmt: str,
     keys: dict[str, str],
     deep: bool,
+    summaries: list[card.ShardSummary],
 ) -> None:
     name = shard["name"]
     tar_url = storage.join(version_url, name)
@@ -184,13 +200,16 @@ def _verify_shard(
         report.problems.append(f"{name}: sha256 {digest[:16]}... differs from the index (corrupt)")
     count = 0
     ext = IMAGE_FORMATS[fmt]
+    summary = card.ShardSummary(name, bytes=size)
     try:
         for key, members in iter_tar_samples(tar_url):
             count += 1
-            _verify_sample(report, name, key, members, views, fmt, ext, keys)
+            meta = _verify_sample(report, name, key, members, views, fmt, ext, keys)
+            summary.add(list(members), meta, key)
     except (tarfile.TarError, EOFError, OSError) as exc:
         report.problems.append(f"{name}: cannot read the tar ({exc}): truncated or corrupt")
         return
+    summaries.append(summary)
     report.samples += count
     if count != shard["samples"]:
         report.problems.append(f"{name}: holds {count} samples, index says {shard['samples']}")
@@ -224,7 +243,8 @@ def _verify_sample(
     fmt: str,
     ext: str,
     keys: dict[str, str],
-) -> None:
+) -> dict | None:
+    """Check one sample; returns its decoded json, or ``None`` when it breaks the schema."""
     where = f"{shard}: {key}"
     if key in keys:
         report.problems.append(f"{where}: key also in {keys[key]} (duplicate sample)")
@@ -234,10 +254,10 @@ def _verify_sample(
         meta = validate_sample({"__key__": key, **members}, image_format=fmt)
     except SchemaError as exc:
         report.problems.append(f"{where}: {exc}")
-        return
+        return None
     except UnicodeDecodeError as exc:  # damaged bytes in the json member
         report.problems.append(f"{where}.json: not UTF-8 text ({exc.reason} at byte {exc.start})")
-        return
+        return None
     if len(meta["views"]) != views:
         report.problems.append(f"{where}: {len(meta['views'])} views, the index says {views}")
     for member, data in sorted(members.items()):
@@ -249,3 +269,4 @@ def _verify_sample(
             reason = _decode(member, data)
             if reason:
                 report.problems.append(f"{where}.{member}: {reason}")
+    return dict(meta)

@@ -351,8 +351,12 @@ def assign_splits(
     holdout_families: Sequence[str] = (),
     min_test: int = 0,
     stratify: str | None = None,
+    only: str | None = None,
 ) -> list[dict]:
     """Return copies of ``entries`` with ``split`` set group-wise and deterministically.
+
+    ``only`` (``"train"``, ``"val"`` or ``"test"``) puts every entry in that one split and
+    skips the fractions and checks below: an outside test set scanned on its own, say.
 
     A group goes to test if its hash bucket is below ``test``, to val if below
     ``test + val``, else to train; adding entries never moves another group. Families in
@@ -362,6 +366,10 @@ def assign_splits(
     least one test group, so a test split of lights is not all studio rigs. Raises
     ``CatalogError`` when the catalog cannot satisfy that or train would be empty.
     """
+    if only is not None:
+        if only not in SPLITS:
+            raise CatalogError([f"split {only!r} is not one of {list(SPLITS)}"], kind)
+        return [dict(e, split=only) for e in entries]
     if not 0 <= val < 1 or not 0 <= test < 1 or val + test >= 1:
         raise CatalogError(
             [f"fractions val={val} test={test} must be in [0, 1) and sum below 1"], kind

@@ -45,7 +45,12 @@ lights, each entry with its train/val/test split.
 
   phieat-render assets scan materials ~/ambientcg --layout ambientcg --physical-size-m 2
   phieat-render assets scan meshes ~/models --size-m 0.4 --out /tmp/meshes.jsonl
-  phieat-render assets scan lights ~/hdris --append""",
+  phieat-render assets scan lights ~/hdris --append
+
+--split puts every scanned group in one split and leaves the entries already in the catalog
+as they are, e.g. an outside test set added beside the built-in catalogs:
+
+  phieat-render assets scan materials ~/test-textures --append --split test""",
     "validate": """Check catalogs: ids, required fields, that every file exists and decodes
 (texture maps and HDRIs are decoded in full), categories and procedural diversity. Exits 1
 when a problem is found, listing each one.
@@ -157,6 +162,9 @@ def _merge(path: Path, new: list[dict], kind: str, args: argparse.Namespace) -> 
     clash = sorted(e["id"] for e in new if e["id"] in ids)
     if clash:
         raise cat.CatalogError([f"id {i!r} is already in {path}" for i in clash], str(path))
+    if args.split:
+        # One split for the scanned folder; the catalog's own entries keep theirs.
+        return old + cat.assign_splits(new, kind, only=args.split)
     return _split(old + new, kind, args)
 
 
@@ -364,6 +372,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--licence", default="unknown", help="licence to record for the scanned files")
     p.add_argument(
         "--relative", action="store_true", help="store paths relative to the catalog file"
+    )
+    p.add_argument(
+        "--split",
+        choices=cat.SPLITS,
+        help="put every group of the folder in this split (the fractions below are then not "
+        "used, and the catalog's other entries keep their split), e.g. --append --split test "
+        "for an outside test set",
     )
     _split_args(p)
     p.set_defaults(func=cmd_scan)

@@ -30,6 +30,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from phieat.schema import sidecar_name
+from render import card
 from render.spec import SECTIONS, SpecError, load_spec
 from render.verify import verify_dataset
 from train.config import load_config
@@ -177,6 +178,8 @@ def pristine(tmp_path_factory) -> Path:
     for record in index["shards"]:
         sidecar = {**record, "shard": record["name"], "keys": [], "failures": []}
         (folder / sidecar_name(record["name"])).write_text(json.dumps(sidecar))
+    names = [record["name"] for record in index["shards"]]
+    card.write_card(str(folder), index, card.scan_shards(str(folder), names), {})
     report = verify_dataset(str(folder))
     assert report.ok, report.summary()
     return folder

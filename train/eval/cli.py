@@ -97,6 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
         "the eval or val set shares a material, group, mesh or light with it. 'none' skips "
         "the check (zero-shot baselines only)",
     )
+    run.add_argument(
+        "--scan-train-shards",
+        action="store_true",
+        help="read what each training set used from every shard's json too, not only from the "
+        "lists in its index.json (an index written before those lists is always scanned)",
+    )
     run.add_argument("--out", required=True, metavar="DIR", help="output folder")
     run.add_argument(
         "--image-size",
@@ -190,7 +196,7 @@ def _leakage(args: argparse.Namespace, sets: dict[str, eval_data.EvalSet]) -> st
         logger.warning("leakage check skipped (--train-index none)")
         return "skipped (--train-index none)"
     for path in args.train_index:
-        usage = eval_data.dataset_usage(path)
+        usage = eval_data.dataset_usage(path, scan=getattr(args, "scan_train_shards", False))
         for label, es in sets.items():
             eval_data.check_leakage(es.usage(), usage, f"{path} (checked against {label})")
     return "passed: no shared material, group, mesh or light with " + ", ".join(

@@ -388,11 +388,13 @@ def read_eval_set(
 
 # ----------------------------------------------------------------------------- leakage
 
+# What a training index lists (``phieat.schema``: a build writes every one); the older names
+# after the first are read too.
 USAGE_INDEX_FIELDS = {
     "materials": ("materials",),
-    "groups": ("material_groups", "groups"),
-    "meshes": ("meshes", "mesh_ids"),
-    "lights": ("lights", "light_ids"),
+    "groups": (schema.INDEX_MATERIAL_GROUPS, "groups"),
+    "meshes": (schema.INDEX_MESHES, "mesh_ids"),
+    "lights": (schema.INDEX_LIGHTS, "light_ids"),
 }
 
 
@@ -407,12 +409,14 @@ def _ids(values: Iterable) -> set[str]:
     return out
 
 
-def dataset_usage(index_path: str) -> dict[str, set[str]]:
+def dataset_usage(index_path: str, scan: bool = False) -> dict[str, set[str]]:
     """Materials, material groups, meshes and lights a training dataset used.
 
     ``index_path`` is an ``index.json`` (or the folder/URL holding it). Sets the index lists
-    (``materials``; ``material_groups``/``meshes``/``lights`` when present) are taken from
-    it; the rest are read from the json members of the shards it names.
+    (``materials``, ``material_groups``, ``meshes``, ``lights``: every build writes them) are
+    taken from it; the rest (an older index lacks the last three) are read from the json
+    members of the shards it names. ``scan`` reads every shard's json as well and adds what
+    it finds to the index lists (``phieat-eval run --scan-train-shards``).
     """
     urls, index = resolve_shards(index_path)
     if index is None:
@@ -424,8 +428,9 @@ def dataset_usage(index_path: str) -> dict[str, set[str]]:
                 usage[name] = _ids(index[k])
                 break
     missing = [name for name in USAGE_INDEX_FIELDS if name not in usage]
-    if missing:
-        logger.info("%s does not list %s: scanning its shards' json", index_path, missing)
+    if missing or scan:
+        if missing:
+            logger.info("%s does not list %s: scanning its shards' json", index_path, missing)
         scanned: dict[str, set[str]] = {name: set() for name in USAGE_INDEX_FIELDS}
         for sample in iter_samples(urls, json_only=True):
             if schema.META_MEMBER not in sample:
@@ -438,8 +443,8 @@ def dataset_usage(index_path: str) -> dict[str, set[str]]:
             for view in meta.get("views", []):
                 scanned["meshes"].add(str(view.get("mesh_id")))
                 scanned["lights"].add(str(view.get("light_id")))
-        for name in missing:
-            usage[name] = scanned[name]
+        for name in USAGE_INDEX_FIELDS:
+            usage[name] = usage.get(name, set()) | scanned[name]
     return usage
 
 

@@ -94,3 +94,38 @@ def test_cli_scan_appends_and_refuses_duplicates(tmp_path: Path, capsys):
     assert len(cat.read_catalog(out)) == len(lights.builtin_lights()) + 4
     assert cli.main(["scan", "lights", str(src), "--out", str(out), "--append"]) == 2
     assert "already in" in capsys.readouterr().err
+
+
+def test_cli_scan_split_puts_the_whole_folder_in_one_split(tmp_path: Path, capsys):
+    src = tmp_path / "outside"
+    for name in ("Rock001", "Rock002", "Brick003"):
+        for m in ("Color", "NormalGL", "Roughness"):
+            _png(src / f"{name}_1K-PNG" / f"{name}_1K-PNG_{m}.png")
+    out = tmp_path / "materials.jsonl"
+    # Without --split, a test fraction of 1 leaves nothing for train and is refused.
+    args = ["scan", "materials", str(src), "--out", str(out), "--category", "stone"]
+    assert cli.main([*args, "--test", "0.99", "--val", "0"]) == 2
+    assert "no materials left for train" in capsys.readouterr().err
+    assert cli.main([*args, "--split", "test"]) == 0
+    entries = cat.read_catalog(out)
+    assert len(entries) == 3 and {e["split"] for e in entries} == {"test"}
+
+    # Appended to a catalog, the scanned entries get the split and the others keep theirs.
+    base = tmp_path / "base.jsonl"
+    old = [dict(e, id=f"old-{e['id']}", group=f"old-{e['group']}") for e in entries]
+    cat.write_catalog(base, [dict(e, split="train") for e in old])
+    assert cli.main([*args[:3], "--out", str(base), "--append", "--split", "val"]) == 0
+    splits = {e["id"]: e["split"] for e in cat.read_catalog(base)}
+    assert sorted(splits.values()) == ["train"] * 3 + ["val"] * 3
+    assert all(s == "train" for i, s in splits.items() if i.startswith("old-"))
+    assert "--split {train,val,test}" in " ".join(_help(["scan", "--help"]).split())
+
+
+def _help(argv: list[str]) -> str:
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf), pytest.raises(SystemExit):
+        cli.main(argv)
+    return buf.getvalue()
