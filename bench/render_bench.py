@@ -3,6 +3,8 @@
     python bench/render_bench.py                           # 128/16 and 256/32, 6 materials x 3 views
     python bench/render_bench.py --configs 128/16 --views 3,4
     python bench/render_bench.py --memory 200              # worker RSS after 20 vs 200 renders
+    python bench/render_bench.py --configs 64/16 --denoise --skip-naive   # the demo setting
+    python bench/render_bench.py --cache-mb 0 --mesh-cache off            # caches as before
 
 For each resolution/samples pair and views-per-material count it renders the same plan (mesh
 and light change between the views of a material, as in a real plan) several ways and prints:
@@ -11,6 +13,11 @@ and light change between the views of a material, as in a real plan) several way
   Cycles threads and 2 actors x 1 thread (actors already started; steady state);
 * ``floor``: the time Cycles itself spent in ``bpy.ops.render.render`` for those views (from
   each view's ``engine_time_s``), spread over the same cores: the best any driver can do;
+* ``caches``: hits / lookups of the workers' mesh, material and world caches and of the
+  machine's mesh disk cache in that pool run (``BlenderSession.cache_stats``). The caches
+  outlive a shard; ``--cache-mb 0 --mesh-cache off`` renders as shards did before them
+  (everything built once per shard and freed at its end). The disk cache stays between runs:
+  use ``--mesh-cache DIR`` with a new folder to time a machine's first build;
 * ``naive, our scene code``: one fresh Python + Blender process per material rendering its
   views with this project's ``BlenderSession`` (persistent render data on) and 2 threads;
 * ``naive, typical script``: the same, but with ``use_persistent_data`` off, as most render
@@ -49,7 +56,7 @@ NAIVE_SCRIPT = """
 import json, sys
 from render.blender.session import BlenderSession
 jobs = json.load(open(sys.argv[1]))
-session = BlenderSession(threads=int(sys.argv[2]))
+session = BlenderSession(threads=int(sys.argv[2]), cache_mb=0, mesh_cache_dir=False)
 session.scene.render.use_persistent_data = sys.argv[4] == "persistent"
 for job in jobs:
     view = session.render_view(job)
@@ -179,15 +186,19 @@ def run_pool(spec, workers: int, threads: int) -> dict:
 
     pool = RenderPool(workers=workers, threads_per_worker=threads, recycle_after_shards=0)
     try:
-        pool.worker_info()  # actors started and bpy imported before the clock starts
+        # Actors started and bpy imported before the clock starts.
+        deadline = time.monotonic() + 300
+        while len(pool.worker_info()) < workers and time.monotonic() < deadline:
+            time.sleep(0.05)
         started = time.perf_counter()
         result = build(spec, pool=pool, progress=False)
         wall = time.perf_counter() - started
+        caches = pool.cache_summary()
     finally:
         pool.close()
     engine, images = engine_seconds(result.version_url)
     floor = engine / workers  # each actor renders its views back to back
-    return {"wall": wall, "images": images, "floor": floor, "engine": engine}
+    return {"wall": wall, "images": images, "floor": floor, "engine": engine, "caches": caches}
 
 
 def run_naive(spec, threads: int, data: str) -> dict:
@@ -246,8 +257,21 @@ def main() -> int:
     parser.add_argument(
         "--catalogs", help="folder with materials/meshes/lights.jsonl (default: manifests/)"
     )
+    parser.add_argument(
+        "--cache-mb",
+        type=float,
+        help="bound of each worker's caches in MB (PHIEAT_BLENDER_CACHE_MB; 0: one shard only)",
+    )
+    parser.add_argument(
+        "--mesh-cache", help="mesh disk cache folder, or 'off' (PHIEAT_MESH_CACHE_DIR)"
+    )
     args = parser.parse_args()
     view_counts = [int(v) for v in args.views.split(",")]
+    # Set before Ray starts: the local workers inherit this process's environment.
+    if args.cache_mb is not None:
+        os.environ["PHIEAT_BLENDER_CACHE_MB"] = str(args.cache_mb)
+    if args.mesh_cache is not None:
+        os.environ["PHIEAT_MESH_CACHE_DIR"] = args.mesh_cache
 
     from render.pool import ensure_ray, shutdown_ray
 
@@ -257,6 +281,11 @@ def main() -> int:
         if not (folder / "materials.jsonl").exists():
             folder = builtin_catalogs(Path(tmp) / "catalogs", max(args.materials, 200))
         print(f"catalogs {folder}; {args.materials} materials x {args.views} views; {CORES} cores")
+        print(
+            f"caches   {os.environ.get('PHIEAT_BLENDER_CACHE_MB', 'default')} MB per worker, "
+            f"mesh disk cache {os.environ.get('PHIEAT_MESH_CACHE_DIR', 'default')}; "
+            f"load average {', '.join(f'{x:.1f}' for x in os.getloadavg())}"
+        )
         print(
             f"{'config':>8} {'V':>2} {'run':>21} {'images':>6} {'wall s':>7} {'img/s':>6} "
             f"{'core-s/img':>10}  note"
@@ -302,7 +331,7 @@ def bench_config(config: str, views: int, args: argparse.Namespace, folder: Path
         r = best[name]
         overhead = 100.0 * (r["wall"] / r["floor"] - 1.0)
         rows.append((f"pool {name}", r["images"], r["wall"], f"{overhead:+.0f}% over floor"))
-        rows.append((f"floor {name}", r["images"], r["floor"], ""))
+        rows.append((f"floor {name}", r["images"], r["floor"], f"caches: {r['caches'] or '-'}"))
     for name in NAIVE_RUNS:
         if name in best:
             n = best[name]

@@ -181,6 +181,32 @@ class WatchedSession:
         return view
 
 
+def sum_cache_stats(per_actor: list[dict[str, dict]]) -> dict[str, dict[str, float]]:
+    """Add up ``cache_stats()`` of several sessions, cache by cache and count by count."""
+    total: dict[str, dict[str, float]] = {}
+    for stats in per_actor:
+        for cache, counts in stats.items():
+            into = total.setdefault(cache, {})
+            for name, value in counts.items():
+                into[name] = round(into.get(name, 0) + value, 1)
+    return total
+
+
+def format_cache_stats(stats: dict[str, dict[str, float]]) -> str:
+    """One line: hits / lookups (hit rate) of every cache, e.g. ``meshes 40/50 (80 %)``."""
+    parts = []
+    for cache, counts in stats.items():
+        hits, misses = int(counts.get("hits", 0)), int(counts.get("misses", 0))
+        lookups = hits + misses
+        rate = f" ({100.0 * hits / lookups:.0f} %)" if lookups else ""
+        name = "mesh disk" if cache == "mesh_disk" else cache
+        extra = f", {int(counts['writes'])} written" if cache == "mesh_disk" else ""
+        if counts.get("evictions"):
+            extra += f", {int(counts['evictions'])} evicted"
+        parts.append(f"{name} {hits}/{lookups} hits{rate}{extra}")
+    return "; ".join(parts)
+
+
 class LocalPool:
     """Render shards one after another in this process (``--local``; debugging, tiny sets).
 
@@ -213,6 +239,8 @@ class LocalPool:
         self._shards_done = 0
         self.lost_nodes: dict[str, list[str]] = {}
         self.requeued: list[str] = []
+        self.on_view: Callable[[int], None] | None = None
+        self._cache: dict[str, dict] = {}
 
     def _get(self) -> Session:
         if self._session is None:
@@ -232,7 +260,9 @@ class LocalPool:
             for attempt in range(1, self.shard_attempts + 1):
                 try:
                     session = WatchedSession(self._get(), limit_s=self.material_timeout_s)
-                    sidecar = render_shard(session, shard, version_url, max_retries=max_retries)
+                    sidecar = render_shard(
+                        session, shard, version_url, max_retries=max_retries, on_view=self.on_view
+                    )
                 except Exception as exc:  # noqa: BLE001 - any crash costs one attempt
                     error = f"{type(exc).__name__}: {exc}"
                     logger.warning("%s attempt %d failed: %s", shard["name"], attempt, error)
@@ -243,6 +273,9 @@ class LocalPool:
                         )
                     continue
                 self._shards_done += 1
+                stats = getattr(self._session, "cache_stats", None)
+                if callable(stats):
+                    self._cache[str(id(self._session))] = stats()
                 yield ShardOutcome(shard["name"], sidecar, None, attempt, f"pid {os.getpid()}")
                 rss = self._session.rss_mb() if self._session else 0.0
                 if should_recycle(
@@ -255,6 +288,10 @@ class LocalPool:
                     )
                     self._session = None
                 break
+
+    def cache_summary(self) -> str:
+        """Cache hit rates of this run's sessions (a recycled one counts with its last shard)."""
+        return format_cache_stats(sum_cache_stats(list(self._cache.values())))
 
     def close(self) -> None:
         self._session = None
@@ -434,6 +471,7 @@ class BuildResult:
     reasons: list[str] = field(default_factory=list)
     lost_nodes: dict[str, list[str]] = field(default_factory=dict)
     requeued: list[str] = field(default_factory=list)
+    caches: str = ""  # hit rates of the workers' mesh/material/world caches
 
     def summary(self) -> str:
         rate = self.images_rendered / self.seconds if self.seconds > 0 else 0.0
@@ -446,6 +484,8 @@ class BuildResult:
             f"images   {self.images_rendered} rendered in {self.seconds:.1f} s ({rate:.2f} images/s)",
             f"index    {self.index_url} (complete: {str(self.complete).lower()})",
         ]
+        if self.caches:
+            lines.append(f"caches   {self.caches}")
         for node, shards in self.lost_nodes.items():
             moved = ", ".join(shards) if shards else "no shard in flight"
             lines.append(f"lost     node {node}: re-queued {moved}")
@@ -469,13 +509,19 @@ class BuildResult:
 
 
 class _Progress:
-    """tqdm bar over images with shards and failures in the postfix (or nothing)."""
+    """tqdm bar over images with shards and failures in the postfix (or nothing).
+
+    A pool that reports views as they finish (``on_view``) moves the bar per view; a finished
+    shard then only tops the bar up to the images of the shards done (failed samples' views
+    are never reported), so the bar never goes backwards or past the total.
+    """
 
     def __init__(self, enabled: bool, images: int, shards: int) -> None:
         self.bar = None
         self.shards_total = shards
         self.shards_done = 0
         self.failures = 0
+        self.shard_images = 0
         if enabled and images:
             from tqdm import tqdm
 
@@ -490,11 +536,16 @@ class _Progress:
                 f"shards {self.shards_done}/{self.shards_total} failures {self.failures}"
             )
 
+    def view(self, count: int) -> None:
+        if self.bar is not None:
+            self.bar.update(min(count, self.bar.total - self.bar.n))
+
     def update(self, images: int, failures: int) -> None:
         self.shards_done += 1
         self.failures += failures
+        self.shard_images += images
         if self.bar is not None:
-            self.bar.update(images)
+            self.bar.update(max(0, self.shard_images - self.bar.n))
             self._postfix()
 
     def close(self) -> None:
@@ -730,6 +781,16 @@ def _build_locked(
         kind: str(spec.catalog_path(kind).parent) for kind in ("materials", "meshes", "lights")
     }
     jobs = [{**s.to_dict(), "base_dirs": base_dirs} for s in todo]
+    # A pool that reports finished views moves the bar per view (beside any hook of its own).
+    hook = getattr(pool, "on_view", None)
+    if hasattr(pool, "on_view"):
+
+        def on_view(count: int) -> None:
+            bar.view(count)
+            if hook is not None:
+                hook(count)
+
+        pool.on_view = on_view
     outcomes = pool.run(jobs, version_url, b.max_retries)
     try:
         for outcome in outcomes:
@@ -756,6 +817,10 @@ def _build_locked(
         bar.close()
         result.lost_nodes = dict(getattr(pool, "lost_nodes", {}))
         result.requeued = list(getattr(pool, "requeued", []))
+        if hasattr(pool, "on_view"):
+            pool.on_view = hook
+        caches = getattr(pool, "cache_summary", None)
+        result.caches = caches() if callable(caches) else ""
 
     order = {name: i for i, name in enumerate(result.planned)}
     failures = [f for name in sorted(sidecars, key=order.get) for f in sidecars[name]["failures"]]

@@ -38,6 +38,16 @@ topped up again when the cluster has room (an autoscaler added a node, or ``work
 and a node joined). Every driver-side ``ray.get`` has a timeout; with no live actor for
 ``placement_timeout_s`` the remaining shards fail with a message instead of waiting forever.
 
+Progress per view: every actor posts how many views of its shard it has rendered to the
+small progress actor (fire and forget, one call per view); the driver asks it about once a
+second and never waits for the answer (a zero-timeout ``ray.wait``; a late answer is picked
+up on a later poll). Finished shards plus views of shards in flight give images done,
+images/s and an ETA (``ViewProgress``): a tqdm bar with ``progress=True``, ``on_view(n)``
+for whoever drives the build, and an INFO log line every ``PROGRESS_LOG_S`` and at the end
+of a run. Each shard's result also carries its actor's cache counts
+(``BlenderSession.cache_stats``); ``cache_stats()`` sums them over the run's actors and
+``cache_summary()`` formats them.
+
 Local mode: ``ray.init()`` on this machine's cores. A cluster: ``RAY_ADDRESS`` or
 ``address=`` (see docs/cluster.md).
 """
@@ -49,6 +59,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 from collections import deque
@@ -65,7 +76,9 @@ from render.build import (
     ShardOutcome,
     WatchedSession,
     blender_session_factory,
+    format_cache_stats,
     should_recycle,
+    sum_cache_stats,
 )
 from render.errors import ClusterError
 from render.writer import Session, render_shard
@@ -157,16 +170,24 @@ def warm_kernels(
 
 
 class _ProgressBoard:
-    """The latest progress record of every actor (by its serial), read by the driver."""
+    """The latest progress record of every actor (by its serial), read by the driver, and
+    how many views of its current shard each actor has rendered."""
 
     def __init__(self) -> None:
         self.records: dict[int, dict] = {}
+        self.done: dict[int, tuple[str, int]] = {}
 
     def report(self, serial: int, record: dict) -> None:
         self.records[serial] = record
 
     def read(self) -> dict[int, dict]:
         return self.records
+
+    def view(self, serial: int, shard: str, done: int) -> None:
+        self.done[serial] = (shard, done)
+
+    def views(self) -> dict[int, tuple[str, int]]:
+        return self.done
 
 
 # Restarted (empty) if its node dies; the actors' handles stay valid across restarts.
@@ -231,10 +252,25 @@ class _Worker:
                     self.serial, {**record, "shard": shard["name"], "seq": self.reports}
                 )
 
+        on_view = None
+        if self.board is not None:
+            done = [0]
+
+            def on_view(count: int) -> None:
+                done[0] += count
+                self.board.view.remote(self.serial, shard["name"], done[0])
+
         session = WatchedSession(self.session, skip=shard.get(TIMED_OUT), report=report)
-        sidecar = render_shard(session, shard, version_url, max_retries=max_retries)
+        sidecar = render_shard(
+            session, shard, version_url, max_retries=max_retries, on_view=on_view
+        )
         self.shards += 1
-        return {"sidecar": sidecar, "rss_mb": self.session.rss_mb()}
+        stats = getattr(self.session, "cache_stats", None)
+        return {
+            "sidecar": sidecar,
+            "rss_mb": self.session.rss_mb(),
+            "cache": stats() if callable(stats) else {},
+        }
 
 
 RenderWorker = ray.remote(max_restarts=0, max_task_retries=0)(_Worker)
@@ -251,6 +287,64 @@ CHECK_EVERY_S = 1.0
 # A shard re-queued this many times for lost nodes without an attempt charged; after that a
 # loss counts as a failed attempt (a shard that takes its node down must not loop forever).
 MAX_NODE_LOSSES = 5
+# How often the driver asks the progress actor for views done, and logs a progress line.
+PROGRESS_POLL_S = 1.0
+PROGRESS_LOG_S = 30.0
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+class ViewProgress:
+    """Images rendered in a run: finished shards count all their planned views, shards in
+    flight the views their actors reported. Never goes back (a re-queued shard's views are
+    counted again only once it passes what was shown)."""
+
+    def __init__(self, total: int, bar: bool = False) -> None:
+        self.total = total
+        self.started = time.monotonic()
+        self.finished = 0  # images of finished shards (published or failed)
+        self.shown = 0
+        self.bar = None
+        if bar and total:
+            from tqdm import tqdm
+
+            self.bar = tqdm(
+                total=total, unit="img", desc="views", file=sys.stderr, dynamic_ncols=True
+            )
+
+    def update(self, partial: int) -> int:
+        """Set the views done in shards still in flight; returns how many images are new."""
+        now = min(self.total, self.finished + partial)
+        new = max(0, now - self.shown)
+        self.shown += new
+        if new and self.bar is not None:
+            self.bar.update(new)
+        return new
+
+    def shard_done(self, images: int, partial: int) -> int:
+        self.finished += images
+        return self.update(partial)
+
+    @property
+    def rate(self) -> float:
+        elapsed = time.monotonic() - self.started
+        return self.shown / elapsed if elapsed > 0 else 0.0
+
+    def line(self) -> str:
+        """E.g. ``37/120 images (31 %), 1.92 images/s, ETA 0:43``."""
+        rate = self.rate
+        eta = _duration((self.total - self.shown) / rate) if rate > 0 else "?"
+        percent = 100.0 * self.shown / self.total if self.total else 100.0
+        return f"{self.shown}/{self.total} images ({percent:.0f} %), {rate:.2f} images/s, ETA {eta}"
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 class _Slot:
@@ -365,8 +459,10 @@ class RenderPool:
         kernel_cache: str | Path = DEFAULT_KERNEL_CACHE,
         poll_s: float = 0.5,
         placement_timeout_s: float | None = None,
+        progress: bool = False,
     ) -> None:
         ensure_ray(address, verbose=not quiet)
+        self.progress_bar = progress
         self.factory = session_factory
         self.threads = threads_per_worker
         self.gpus = gpus_per_worker
@@ -413,7 +509,8 @@ class RenderPool:
                 total.get("CPU", 0),
             )
         self._serial = 0
-        self._board = ProgressBoard.remote() if material_timeout_s else None
+        # Always there: views done feed the progress; stuck views feed material_timeout_s.
+        self._board = ProgressBoard.remote()
         # Actor serial -> (progress record seq, driver time it was first seen).
         self._seen: dict[int, tuple[int, float]] = {}
         self._slots: list[_Slot] = [self._new_slot() for _ in range(workers)]
@@ -432,6 +529,15 @@ class RenderPool:
         self._dropped = 0
         # Called with (shard name, actor pid) when a shard is handed to an actor (monitoring).
         self.on_submit: Callable[[str, int], None] | None = None
+        # Called with the number of images newly rendered (per view, about once a second).
+        self.on_view: Callable[[int], None] | None = None
+        self.progress: ViewProgress | None = None
+        # Actor serial -> its session's cache counts after its latest shard.
+        self._cache: dict[int, dict] = {}
+        self._views_ref: Any = None
+        self._views_done: dict[int, tuple[str, int]] = {}
+        self._next_views = 0.0
+        self._next_log = 0.0
 
     # -- actors
 
@@ -652,6 +758,12 @@ class RenderPool:
         timeouts: dict[tuple[str, str], int] = {}
         first_job = shards[0]["samples"][0]["views"][0] if shards and shards[0]["samples"] else None
         self.lost_nodes, self.requeued, self._node_losses, self._suspects = {}, [], {}, {}
+        self.progress = ViewProgress(
+            sum(len(s["views"]) for shard in shards for s in shard["samples"]),
+            bar=self.progress_bar,
+        )
+        self._cache, self._views_ref, self._views_done = {}, None, {}
+        self._next_log = time.monotonic() + PROGRESS_LOG_S
         # A new run starts at full size (actors retired when a previous run was abandoned).
         self._top_up(time.monotonic(), force=True)
         starved_since: float | None = None
@@ -693,6 +805,7 @@ class RenderPool:
                     yield from self._expire(queue, attempts)
                 if self.material_timeout_s:
                     self._expire_materials(queue, timeouts, max_retries)
+                self._poll_views()
                 if not queue or any(slot.info is not None for slot in self._slots):
                     starved_since = None
                 elif starved_since is None:
@@ -700,7 +813,12 @@ class RenderPool:
                 elif time.monotonic() - starved_since > self.placement_timeout_s:
                     yield from self._starved(queue, attempts)
             self._check_suspects()
+            if self.progress.total:
+                logger.info("rendered %s", self.progress.line())
+            if self._cache:
+                logger.info("caches: %s", self.cache_summary())
         finally:
+            self.progress.close()
             # Abandoned (driver interrupted): stop the actors, and wait until they are gone so
             # no shard is published behind the back of a build that starts next.
             pending = list(self._in_flight)
@@ -709,6 +827,59 @@ class RenderPool:
             self._in_flight.clear()
             if pending:
                 ray.wait(pending, num_returns=len(pending), timeout=30)
+
+    # -- progress
+
+    def _partial_views(self) -> int:
+        """Views reported by the actors of the shards in flight (latest read)."""
+        done = self._views_done or {}
+        total = 0
+        for slot, shard, _ in self._in_flight.values():
+            record = done.get(slot.serial)
+            if record is not None and record[0] == shard["name"]:
+                total += int(record[1])
+        return total
+
+    def _advance(self, new: int) -> None:
+        if new and self.on_view is not None:
+            self.on_view(new)
+        now = time.monotonic()
+        if now >= self._next_log and self.progress is not None:
+            self._next_log = now + PROGRESS_LOG_S
+            logger.info("rendered %s", self.progress.line())
+
+    def _shard_finished(self, shard: dict) -> None:
+        if self.progress is None:
+            return
+        images = sum(len(s["views"]) for s in shard["samples"])
+        self._advance(self.progress.shard_done(images, self._partial_views()))
+
+    def _poll_views(self) -> None:
+        """Pick up the progress actor's view counts when they have arrived (never waits),
+        and ask again about once every ``PROGRESS_POLL_S``."""
+        if self._views_ref is not None:
+            ready, _ = ray.wait([self._views_ref], num_returns=1, timeout=0)
+            if not ready:
+                return
+            ref, self._views_ref = self._views_ref, None
+            try:
+                self._views_done = ray.get(ref, timeout=GET_TIMEOUT_S)
+            except ray.exceptions.RayError as exc:  # a restarting board: progress waits
+                logger.info("cannot read worker progress (%s): trying again", exc)
+            else:
+                self._advance(self.progress.update(self._partial_views()))
+        now = time.monotonic()
+        if now >= self._next_views and self._in_flight:
+            self._next_views = now + PROGRESS_POLL_S
+            self._views_ref = self._board.views.remote()
+
+    def cache_stats(self) -> dict[str, dict[str, float]]:
+        """The cache counts of the last run's actors, summed (see ``BlenderSession.cache_stats``;
+        an actor recycled during the run counts with its last shard)."""
+        return sum_cache_stats(list(self._cache.values()))
+
+    def cache_summary(self) -> str:
+        return format_cache_stats(self.cache_stats())
 
     def _starved(self, queue: deque, attempts: dict[str, int]) -> Iterator[ShardOutcome]:
         """No actor has been alive for ``placement_timeout_s``: fail what is left."""
@@ -721,6 +892,7 @@ class RenderPool:
         while queue:
             shard = queue.popleft()
             name = shard["name"]
+            self._shard_finished(shard)
             yield ShardOutcome(name, None, error, attempts.get(name, 0) + 1, "")
 
     def _collect(self, ref: Any, queue: deque, attempts: dict[str, int]) -> Iterator[ShardOutcome]:
@@ -763,6 +935,8 @@ class RenderPool:
             )
             return
         slot.shards += 1
+        self._cache[slot.serial] = out.get("cache") or {}
+        self._shard_finished(shard)
         if slot.warm_ref is not None and slot.shards == 1:
             try:
                 warm = ray.get(slot.warm_ref, timeout=GET_TIMEOUT_S)
@@ -799,6 +973,8 @@ class RenderPool:
     ) -> Iterator[ShardOutcome]:
         name = shard["name"]
         attempts[name] = attempts.get(name, 0) + 1
+        if attempts[name] >= self.shard_attempts:
+            self._shard_finished(shard)
         if attempts[name] < self.shard_attempts:
             logger.warning(
                 "re-queueing %s (attempt %d of %d failed: %s)",

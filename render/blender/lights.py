@@ -1,10 +1,12 @@
 """Lighting for a view: HDRI environments, Blender's physical sky and procedural studio rigs.
 
-``setup_light(scene, entry, rotation_deg, strength)`` rebuilds the scene's world node tree
-and the studio rig (area lights under one parent empty) for one light catalog entry. HDRI
-paths of the form ``bpy:studiolights/world/city.exr`` resolve inside the bpy wheel, so the
-8 bundled CC0 environments are used in place and never copied. Loaded images are cached by
-path and released by ``BlenderSession.reset``.
+``build_world(entry, name)`` makes a new world datablock for one light catalog entry (the
+session keeps it across shards, see ``BlenderSession``) and ``add_rig`` adds a studio entry's
+area lights (under one parent empty); ``setup_light(scene, entry, rotation_deg, strength)``
+does both on the scene's one world ``WORLD_NAME``. HDRI paths of the form
+``bpy:studiolights/world/city.exr`` resolve inside the bpy wheel, so the 8 bundled CC0
+environments are used in place and never copied. A loaded image is reused by path while a
+world uses it; ``release_images`` removes the ones nothing uses.
 """
 
 from __future__ import annotations
@@ -76,15 +78,20 @@ def image_loaded(image: bpy.types.Image) -> bool:
 def _world(scene: bpy.types.Scene) -> bpy.types.World:
     world = bpy.data.worlds.get(WORLD_NAME) or bpy.data.worlds.new(WORLD_NAME)
     scene.world = world
-    # "AUTOMATIC" builds the importance map at the HDRI's resolution, which costs Cycles
-    # ~1-3 s on every world change; a fixed map keeps that to ~0.1 s with little extra noise.
-    world.cycles.sampling_method = "MANUAL"
-    world.cycles.sample_map_resolution = MAP_RESOLUTION
+    _world_settings(world)
     world.node_tree.nodes.clear()
     return world
 
 
-def _clear_rig() -> None:
+def _world_settings(world: bpy.types.World) -> None:
+    # "AUTOMATIC" builds the importance map at the HDRI's resolution, which costs Cycles
+    # ~1-3 s on every world change; a fixed map keeps that to ~0.1 s with little extra noise.
+    world.cycles.sampling_method = "MANUAL"
+    world.cycles.sample_map_resolution = MAP_RESOLUTION
+
+
+def clear_rig() -> None:
+    """Remove the studio rig (its lamps and their data), if any."""
     rig = bpy.data.objects.get(RIG_NAME)
     if rig is None:
         return
@@ -122,9 +129,41 @@ def setup_light(
     strength: float,
     base_dir: Path | None = None,
 ) -> None:
-    """Make ``entry`` the scene's lighting, rotated ``rotation_deg`` about Z, scaled ``strength``."""
-    _clear_rig()
+    """Make ``entry`` the scene's lighting, rotated ``rotation_deg`` about Z, scaled ``strength``
+    (rebuilding the one world ``WORLD_NAME``)."""
+    clear_rig()
     world = _world(scene)
+    _fill_world(world, entry, rotation_deg, strength, base_dir)
+    add_rig(scene, entry, rotation_deg, strength)
+
+
+def build_world(
+    entry: dict,
+    name: str,
+    rotation_deg: float = 0.0,
+    strength: float = 1.0,
+    base_dir: Path | None = None,
+) -> bpy.types.World:
+    """A new world datablock for a light entry (a studio rig's ambient only: see
+    ``add_rig``); a world that cannot be built is removed before the error propagates."""
+    world = bpy.data.worlds.new(name)
+    _world_settings(world)
+    world.node_tree.nodes.clear()
+    try:
+        _fill_world(world, entry, rotation_deg, strength, base_dir)
+    except BaseException:
+        bpy.data.worlds.remove(world)
+        raise
+    return world
+
+
+def _fill_world(
+    world: bpy.types.World,
+    entry: dict,
+    rotation_deg: float,
+    strength: float,
+    base_dir: Path | None,
+) -> None:
     nodes, links = world.node_tree.nodes, world.node_tree.links
     out = nodes.new("ShaderNodeOutputWorld")
     bg = nodes.new("ShaderNodeBackground")
@@ -177,30 +216,6 @@ def setup_light(
         ambient = params.get("ambient", [0.05, 0.05, 0.05])
         bg.inputs["Color"].default_value = (*[float(c) for c in ambient], 1.0)
         bg.inputs["Strength"].default_value = strength
-        rig = bpy.data.objects.new(RIG_NAME, None)
-        scene.collection.objects.link(rig)
-        rig.rotation_euler = (0.0, 0.0, rot)
-        for i, lamp in enumerate(params.get("lights", [])):
-            light = bpy.data.lights.new(f"{RIG_NAME}-{i}", type="AREA")
-            light.shape = "RECTANGLE"
-            light.size = float(lamp["size"][0]) / UNIT_M  # sizes and distances are metres
-            light.size_y = float(lamp["size"][1]) / UNIT_M
-            # Cycles measures distance in scene units: keep the irradiance of P watts at d metres.
-            light.energy = float(lamp["power_w"]) * strength / UNIT_M**2
-            light.color = kelvin_to_rgb(float(lamp.get("kelvin", 5500)))
-            obj = bpy.data.objects.new(f"{RIG_NAME}-{i}", light)
-            scene.collection.objects.link(obj)
-            obj.parent = rig
-            el, az = math.radians(float(lamp["elevation"])), math.radians(float(lamp["azimuth"]))
-            dist = float(lamp["distance_m"]) / UNIT_M
-            obj.location = (
-                dist * math.cos(el) * math.sin(az),
-                -dist * math.cos(el) * math.cos(az),
-                dist * math.sin(el),
-            )
-            # Point the light's -Z axis at the origin.
-            direction = -obj.location.normalized()
-            obj.rotation_euler = direction.to_track_quat("-Z", "Y").to_euler()
     elif kind == "color":
         bg.inputs["Color"].default_value = (*[float(c) for c in params["color"]], 1.0)
         bg.inputs["Strength"].default_value = strength
@@ -208,8 +223,40 @@ def setup_light(
         raise LightBuildError(f"unknown light kind {kind!r} (hdri, sky, studio, color)")
 
 
+def add_rig(scene: bpy.types.Scene, entry: dict, rotation_deg: float, strength: float) -> None:
+    """Add a studio entry's area lights under one parent empty (other kinds have none)."""
+    if entry.get("kind") != "studio":
+        return
+    params = entry.get("params") or {}
+    rot = math.radians(rotation_deg)
+    rig = bpy.data.objects.new(RIG_NAME, None)
+    scene.collection.objects.link(rig)
+    rig.rotation_euler = (0.0, 0.0, rot)
+    for i, lamp in enumerate(params.get("lights", [])):
+        light = bpy.data.lights.new(f"{RIG_NAME}-{i}", type="AREA")
+        light.shape = "RECTANGLE"
+        light.size = float(lamp["size"][0]) / UNIT_M  # sizes and distances are metres
+        light.size_y = float(lamp["size"][1]) / UNIT_M
+        # Cycles measures distance in scene units: keep the irradiance of P watts at d metres.
+        light.energy = float(lamp["power_w"]) * strength / UNIT_M**2
+        light.color = kelvin_to_rgb(float(lamp.get("kelvin", 5500)))
+        obj = bpy.data.objects.new(f"{RIG_NAME}-{i}", light)
+        scene.collection.objects.link(obj)
+        obj.parent = rig
+        el, az = math.radians(float(lamp["elevation"])), math.radians(float(lamp["azimuth"]))
+        dist = float(lamp["distance_m"]) / UNIT_M
+        obj.location = (
+            dist * math.cos(el) * math.sin(az),
+            -dist * math.cos(el) * math.cos(az),
+            dist * math.sin(el),
+        )
+        # Point the light's -Z axis at the origin.
+        direction = -obj.location.normalized()
+        obj.rotation_euler = direction.to_track_quat("-Z", "Y").to_euler()
+
+
 def release_images() -> None:
-    """Forget cached HDRI images (called by ``BlenderSession.reset``)."""
+    """Empty ``WORLD_NAME`` and remove images nothing uses (``BlenderSession.reset``)."""
     world = bpy.data.worlds.get(WORLD_NAME)
     if world is not None:
         world.node_tree.nodes.clear()

@@ -6,7 +6,8 @@ Usage (inside a worker process; importing this module imports bpy)::
     session = BlenderSession(threads=2)
     view = session.render_view(job)      # job: the view-job dict of the planner
     open("view0.jpg", "wb").write(view.image)
-    session.reset()                      # between shards: purge datablocks, keep memory flat
+    session.reset()                      # between shards: clear the scene, purge orphans
+    session.cache_stats()                # hits / misses of the caches below
 
 How a view is made: the mesh is built at real size and centred, the material and light come
 from their catalog entries, and Cycles renders with a transparent film and the Environment
@@ -15,8 +16,20 @@ background (HDRI, blurred HDRI, plain or random colour) is composited in linear 
 the object's alpha, then Blender's colour management (Standard or AgX view transform)
 encodes the final image. The mask is the object's alpha, the material-index image the
 Material Index pass. Same job and seed give identical bytes on CPU, whatever the session
-rendered before: meshes and materials are built once per shard and reused by every view that
-needs them (a material is keyed by its whole catalog entry), and ``reset()`` frees them.
+rendered before.
+
+Caches: meshes, materials and worlds are built once and kept across shards, least recently
+used out first, within ``cache_mb`` (approximate MB; ``PHIEAT_BLENDER_CACHE_MB``, default
+1024; 0 frees everything at every ``reset()`` as shards used to). A mesh is keyed by its
+geometry (ID, kind, parameters, size, file), a material by its whole catalog entry (and the
+size and time of its texture files), a world by its light entry. Generated meshes that take a
+while to build (deformed cylinders: up to 1 s) are also written to a per-machine folder
+(``mesh_cache_dir``; ``PHIEAT_MESH_CACHE_DIR``, default under the system's temporary folder,
+``off`` for none), so each is built once per machine. A cached datablock is never edited by
+a view: objects are new per view, with the material in an object-linked slot and their own
+transforms, so a view gives the same bytes from a cache as from a fresh build (tests render
+both and compare). ``reset()`` removes the objects and the light rig and purges orphans;
+``reset(keep_caches=False)`` also drops every cached datablock.
 
 Nothing wrong is published: a texture map or HDRI that did not load (Blender would render
 it magenta) raises ``MaterialError`` / ``RenderError`` before Cycles starts, and a render
@@ -63,8 +76,9 @@ import numpy as np
 from PIL import Image
 
 from phieat.schema import hash_obj
+from render.assets.catalog import asset_path
 from render.assets.units import UNIT_M
-from render.blender import lights, materials, meshes
+from render.blender import caches, lights, materials, meshes
 from render.blender.exr import read_passes
 from render.errors import MaterialError, RenderError
 
@@ -165,7 +179,14 @@ def _gaussian_blur(image: np.ndarray, sigma: float) -> np.ndarray:
 class BlenderSession:
     """One bpy scene reused for many views (persistent data keeps the per-render cost low)."""
 
-    def __init__(self, threads: int = 1, device: str = "CPU", quiet: bool = True) -> None:
+    def __init__(
+        self,
+        threads: int = 1,
+        device: str = "CPU",
+        quiet: bool = True,
+        cache_mb: float | None = None,
+        mesh_cache_dir: str | Path | bool = True,
+    ) -> None:
         if int(threads) < 1:
             raise ValueError(
                 f"threads must be >= 1 (Cycles runs with a fixed count), got {threads}"
@@ -178,10 +199,33 @@ class BlenderSession:
         self._tmp = Path(tempfile.mkdtemp(prefix="phieat-blender-", dir=shm))
         # Removed when the session is garbage-collected or the process exits normally.
         self._cleanup = weakref.finalize(self, shutil.rmtree, str(self._tmp), True)
-        # Built once per shard and reused by every view that needs them; reset() frees them.
-        self._mesh_cache: dict[str, bpy.types.Mesh] = {}
-        self._material_cache: dict[str, bpy.types.Material] = {}
+        if cache_mb is None:
+            cache_mb = float(os.environ.get("PHIEAT_BLENDER_CACHE_MB", caches.DEFAULT_CACHE_MB))
+        self.cache_mb = float(cache_mb)
+        # cache_mb 0: caches live for one shard only (unbounded within it), as before.
+        keep = self.cache_mb > 0
+        share = caches.CACHE_SHARES
+        self._meshes = caches.DatablockCache(
+            "meshes", share["meshes"] * self.cache_mb if keep else math.inf, _remove_mesh
+        )
+        self._materials = caches.DatablockCache(
+            "materials",
+            share["materials"] * self.cache_mb if keep else math.inf,
+            _remove_material,
+        )
+        self._worlds = caches.DatablockCache(
+            "worlds", share["worlds"] * self.cache_mb if keep else math.inf, _remove_world
+        )
+        if mesh_cache_dir is True:
+            folder = caches.default_disk_dir()
+        elif mesh_cache_dir is False or mesh_cache_dir is None:
+            folder = None
+        else:
+            folder = Path(mesh_cache_dir)
+        self._mesh_disk = caches.MeshDiskCache(folder) if folder is not None else None
         self._base_dirs: dict[str, Path] = {}
+        # Cache keys of the materials the view being rendered uses.
+        self._view_materials: set[str] = set()
         self._light_key: str | None = None
         with silenced(self.quiet):
             bpy.ops.wm.read_factory_settings(use_empty=True)
@@ -266,8 +310,8 @@ class BlenderSession:
             valid = False
         if not valid:
             logger.info("Blender data was reset outside this session: rebuilding its scene")
-            self._mesh_cache.clear()
-            self._material_cache.clear()
+            for cache in self._caches():
+                cache.clear(remove=False)
             self._light_key = None
             self._init_scene()
         elif self.scene.camera != self.camera:
@@ -324,37 +368,116 @@ class BlenderSession:
         for obj in [o for o in bpy.data.objects if o.name.startswith(SCENE_OBJECT_PREFIX)]:
             bpy.data.objects.remove(obj)
 
+    def _caches(self) -> tuple[caches.DatablockCache, ...]:
+        return (self._meshes, self._materials, self._worlds)
+
     def _mesh(self, mesh_entry: dict) -> bpy.types.Mesh:
-        key = f"{mesh_entry.get('id')}:{mesh_entry.get('size_m')}:{sorted((mesh_entry.get('params') or {}).items())!r}"
-        mesh = self._mesh_cache.get(key)
-        if mesh is None or not _alive(mesh):
-            mesh = meshes.build_mesh(mesh_entry, self._base_dirs.get("meshes"))
-            # One empty slot: objects link their own material to it, the mesh is never edited.
-            mesh.materials.append(None)
-            self._mesh_cache[key] = mesh
+        """The mesh of a catalog entry: from the session's cache, the machine's disk cache,
+        or built (and then kept in both)."""
+        base_dir = self._base_dirs.get("meshes")
+        geometry = {k: mesh_entry.get(k) for k in ("id", "kind", "params", "size_m", "path")}
+        if mesh_entry.get("kind") == "file" and mesh_entry.get("path"):
+            try:
+                geometry["file"] = caches.file_signature(asset_path(mesh_entry["path"], base_dir))
+            except ValueError:
+                geometry["file"] = None  # build_mesh reports the bad path
+            geometry["base_dir"] = str(base_dir) if base_dir else None
+        key = hash_obj(geometry)
+        mesh = self._meshes.get(key)
+        if mesh is not None:
+            return mesh
+        mesh = self._mesh_disk.load(mesh_entry) if self._mesh_disk is not None else None
+        if mesh is not None:
+            mesh.name = f"phieat-{mesh_entry.get('id', '?')}"
+        else:
+            started = time.perf_counter()
+            mesh = meshes.build_mesh(mesh_entry, base_dir)
+            took = time.perf_counter() - started
+            if self._mesh_disk is not None and took >= caches.DISK_MIN_BUILD_S:
+                self._mesh_disk.store(mesh_entry, mesh)
+        # One empty slot: objects link their own material to it, the mesh is never edited.
+        mesh.materials.append(None)
+        self._meshes.put(key, mesh, caches.mesh_mb(mesh))
         return mesh
 
-    def _material(self, entry: dict) -> bpy.types.Material:
-        """The material of a catalog entry, built once per shard: the views of one material
-        share the datablock (building a node graph costs 2-130 ms in Python by family)."""
+    def _material_key(self, entry: dict) -> str:
         base_dir = self._base_dirs.get("materials")
-        key = hash_obj({"entry": entry, "base_dir": str(base_dir) if base_dir else None})
-        material = self._material_cache.get(key)
-        if material is None or not _alive(material):
-            material = materials.build_material(entry, base_dir)
-            self._material_cache[key] = material
+        key: dict = {"entry": entry, "base_dir": str(base_dir) if base_dir else None}
+        maps = entry.get("maps")
+        if isinstance(maps, dict):
+            # A texture file replaced on disk between shards is loaded again.
+            files = {}
+            for name, ref in sorted(maps.items()):
+                try:
+                    files[name] = caches.file_signature(asset_path(str(ref), base_dir))
+                except (ValueError, TypeError):
+                    files[name] = None  # the texture-set builder reports the bad path
+            key["files"] = files
+        return hash_obj(key)
+
+    def _material(self, entry: dict) -> bpy.types.Material:
+        """The material of a catalog entry, built once and kept: the views of one material
+        share the datablock (building a node graph costs 2-130 ms in Python by family)."""
+        key = self._material_key(entry)
+        material = self._materials.get(key)
+        if material is None:
+            material = materials.build_material(entry, self._base_dirs.get("materials"))
+            size = 0.05 + caches.images_mb(material.node_tree)
+            self._materials.put(key, material, size)
+        self._view_materials.add(key)
         return material
 
-    def _free_caches(self) -> None:
-        """Remove the cached materials and meshes (the objects using them must be gone)."""
-        for material in self._material_cache.values():
-            if _alive(material):
-                bpy.data.materials.remove(material)
-        self._material_cache.clear()
-        for mesh in self._mesh_cache.values():
-            if _alive(mesh) and mesh.users == 0:
-                bpy.data.meshes.remove(mesh)
-        self._mesh_cache.clear()
+    def _world(self, light_entry: dict) -> tuple[str, bpy.types.World]:
+        """The world of a light entry (rotation 0, strength 1: views turn the camera and
+        scale the result instead), from the cache or built."""
+        base_dir = self._base_dirs.get("lights")
+        key_obj: dict = {"entry": light_entry, "base_dir": str(base_dir) if base_dir else None}
+        path = light_entry.get("path")
+        if light_entry.get("kind") == "hdri" and path and not str(path).startswith("bpy:"):
+            try:
+                key_obj["file"] = caches.file_signature(lights.resolve_hdri_path(path, base_dir))
+            except lights.LightBuildError:
+                key_obj["file"] = None  # build_world reports it
+        key = hash_obj(key_obj)
+        world = self._worlds.get(key)
+        if world is None:
+            world = lights.build_world(light_entry, f"phieat-world-{key[:12]}", 0.0, 1.0, base_dir)
+            self._worlds.put(key, world, 0.05 + caches.images_mb(world.node_tree))
+        return key, world
+
+    def _set_light(self, light_entry: dict) -> None:
+        key, world = self._world(light_entry)
+        if key == self._light_key and self.scene.world == world:
+            return
+        lights.clear_rig()
+        if self.scene.world != world:
+            self.scene.world = world
+        lights.add_rig(self.scene, light_entry, 0.0, 1.0)
+        self._light_key = key
+
+    def _trim_caches(self) -> None:
+        """Evict least recently used datablocks beyond the bounds (no object uses them now;
+        the scene's world is kept)."""
+        self._meshes.trim()
+        self._materials.trim()
+        self._worlds.trim(keep={self._light_key} if self._light_key else None)
+
+    def cache_stats(self) -> dict[str, dict[str, float]]:
+        """Hits, misses, evictions, items and approximate MB of every cache; ``mesh_disk``:
+        meshes loaded from / missing in / written to the machine's disk cache."""
+        stats: dict[str, dict[str, float]] = {}
+        for cache in self._caches():
+            stats[cache.name] = {
+                **cache.stats.as_dict(),
+                "items": len(cache),
+                "mb": round(cache.mb, 1),
+            }
+        if self._mesh_disk is not None:
+            stats["mesh_disk"] = {
+                **self._mesh_disk.stats.as_dict(),
+                "writes": self._mesh_disk.writes,
+            }
+        return stats
 
     def _scene_objects(
         self, scene: dict, main: bpy.types.Object, main_material: bpy.types.Material, job: dict
@@ -621,6 +744,8 @@ class BlenderSession:
         with silenced(self.quiet):
             self._ensure_scene()
             self._clear_object()
+            self._trim_caches()
+            self._view_materials = set()
             material = self._material(material_entry)
             material.pass_index = int(job.get("material_index", 1))
             try:
@@ -641,14 +766,19 @@ class BlenderSession:
                         scene, obj, material, job
                     )
                     camera = self._frame_scene(job.get("camera") or {}, corners, rotation)
-                light_key = hash_obj(light_entry)
-                if light_key != self._light_key:
-                    lights.setup_light(
-                        self.scene, light_entry, 0.0, 1.0, self._base_dirs.get("lights")
-                    )
-                    self._light_key = light_key
+                self._set_light(light_entry)
                 self._configure(render, seed)
-                self._check_images(material_id)
+                try:
+                    self._check_images(material_id)
+                except (MaterialError, RenderError):
+                    # A texture or HDRI that stopped loading: build them again next time.
+                    for key in self._view_materials:
+                        self._materials.discard(key)
+                    if self._light_key is not None:
+                        self.scene.world = None
+                        self._worlds.discard(self._light_key)
+                        self._light_key = None
+                    raise
                 # Exposure is applied to the linear result (rendering is linear in light
                 # strength); the clamp is scaled so it acts as if the light were scaled.
                 self.scene.cycles.sample_clamp_indirect = CLAMP_INDIRECT / strength
@@ -722,17 +852,38 @@ class BlenderSession:
 
     # ------------------------------------------------------------------ between shards
 
-    def reset(self) -> None:
-        """Drop the object, cached meshes, materials and images; purge orphan datablocks."""
+    def reset(self, keep_caches: bool = True) -> None:
+        """Between shards: remove the objects and the light rig, purge orphan datablocks.
+
+        Cached meshes, materials and worlds stay (within ``cache_mb``) unless ``keep_caches``
+        is false or ``cache_mb`` is 0: then every one of them is removed too.
+        """
         with silenced(self.quiet):
             self._ensure_scene()
             self._clear_object()
-            lights.setup_light(self.scene, {"kind": "color", "params": {"color": [0, 0, 0]}}, 0, 1)
+            lights.clear_rig()
             self._light_key = None
-            self._free_caches()
+            if keep_caches and self.cache_mb > 0:
+                self._trim_caches()
+            else:
+                lights.setup_light(
+                    self.scene, {"kind": "color", "params": {"color": [0, 0, 0]}}, 0, 1
+                )
+                for cache in self._caches():
+                    cache.clear()
+            self._release_foreign()
             lights.release_images()
             bpy.data.orphans_purge(do_local_ids=True, do_linked_ids=True, do_recursive=True)
         _release_heap()
+
+    def _release_foreign(self) -> None:
+        """Let the purge take kept datablocks that are not this session's (another session
+        in this process kept them): only what this session's caches hold survives."""
+        held = set().union(*(cache.pointers() for cache in self._caches()))
+        for collection in (bpy.data.meshes, bpy.data.materials, bpy.data.worlds):
+            for datablock in collection:
+                if datablock.use_fake_user and datablock.as_pointer() not in held:
+                    datablock.use_fake_user = False
 
     def close(self) -> None:
         """Remove the session's temporary folder (the session can still render afterwards)."""
@@ -745,13 +896,19 @@ class BlenderSession:
         self.close()
 
 
-def _alive(datablock: bpy.types.ID) -> bool:
-    """False once the datablock was removed (e.g. by an orphan purge outside this session)."""
-    try:
-        datablock.name  # noqa: B018 - touching a removed ID raises ReferenceError
-    except ReferenceError:
-        return False
-    return True
+# Removers look ``bpy.data`` up at call time: a collection bound earlier dangles after
+# ``read_factory_settings`` (Blender replaces its main database) and crashes Blender.
+def _remove_mesh(mesh: bpy.types.Mesh) -> None:
+    if mesh.users == 0:
+        bpy.data.meshes.remove(mesh)
+
+
+def _remove_material(material: bpy.types.Material) -> None:
+    bpy.data.materials.remove(material)
+
+
+def _remove_world(world: bpy.types.World) -> None:
+    bpy.data.worlds.remove(world)
 
 
 def _unloaded_images(tree: bpy.types.NodeTree, seen: set | None = None) -> list[str]:

@@ -35,7 +35,8 @@ def test_texture_that_stops_loading_fails_the_view_instead_of_rendering_magenta(
     path.write_text("no longer an image")
     image = next(i for i in bpy.data.images if i.filepath == str(path))
     image.reload()  # what a purge and lazy reload would do: the decode now fails
-    with pytest.raises(MaterialError, match="did not load"):
+    # The changed file is noticed (a new cache key): the map is read again and refused.
+    with pytest.raises(MaterialError, match="did not load|not a readable image"):
         session.render_view(job)
     session.reset()
 

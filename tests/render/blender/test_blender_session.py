@@ -148,7 +148,7 @@ def test_memory_stays_flat_across_shards(session, job):
     mesh_list, light_list = meshes.builtin_meshes(), lights.builtin_lights()
     job["render"].update(resolution=32, samples=2, passes=["mask"])
     rss = []
-    session.reset()
+    session.reset(keep_caches=False)
     for i in range(4):  # within a shard, each distinct material is built once and kept
         job["material"] = families.material_entry(fams[i], i)
         session.render_view(job)
@@ -161,10 +161,15 @@ def test_memory_stays_flat_across_shards(session, job):
             job["mesh"] = mesh_list[(5 * k) % len(mesh_list)]
             job["light"] = light_list[k % len(light_list)]
             session.render_view(job)
-        session.reset()
-        assert len(bpy.data.materials) == 0 and len(bpy.data.meshes) == 0
-        assert len(bpy.data.lights) == 0 and len(bpy.data.images) <= 1
+        session.reset()  # between shards: only what the caches keep stays
+        stats = session.cache_stats()
+        assert len(bpy.data.materials) == stats["materials"]["items"]
+        assert len(bpy.data.meshes) == stats["meshes"]["items"]
+        assert len(bpy.data.lights) == 0
         rss.append(session.rss_mb())
+    session.reset(keep_caches=False)
+    assert len(bpy.data.materials) == 0 and len(bpy.data.meshes) == 0
+    assert len(bpy.data.lights) == 0 and len(bpy.data.images) <= 1
     assert rss[-1] < rss[0] + 60, rss
 
 

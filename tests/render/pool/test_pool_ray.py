@@ -141,7 +141,7 @@ def test_interrupted_driver_then_rerun_renders_only_missing_shards(pool, ray_spe
         for n in storage.list_names(version_url)
         if n.startswith("shard-") and n.endswith(".json")
     }
-    assert 1 <= len(published) < 4
+    assert 1 <= len(published) < 4, published
     resumed = build(spec, pool=pool, progress=False)
     assert set(resumed.skipped) == published
     assert set(resumed.rendered) == {f"shard-00000{i}.tar" for i in range(4)} - published
@@ -243,3 +243,35 @@ def test_a_worker_larger_than_the_cluster_is_refused(pool):
         RenderPool(workers=1, threads_per_worker=64)
     with pytest.raises(RuntimeError, match="--gpus-per-worker"):
         RenderPool(workers=1, gpus_per_worker=2)
+
+
+def test_progress_moves_per_view_and_cache_counts_come_back(pool, ray_spec, monkeypatch, caplog):
+    """The driver hears of views while their shard renders (not only when it ends), every
+    image is counted once, and the actors' cache counts are summed: the shards share meshes
+    and lights, so later lookups hit."""
+    import logging
+
+    import render.pool
+
+    monkeypatch.setattr(render.pool, "PROGRESS_POLL_S", 0.1)
+    monkeypatch.setattr(render.pool, "PROGRESS_LOG_S", 0.0)
+    spec = ray_spec(
+        n_materials=4,
+        dataset={"shard_size": 1, "views": 4},
+        render={"resolution": 48, "samples": 8},
+    )
+    steps: list[int] = []
+    pool.on_view = steps.append
+    try:
+        with caplog.at_level(logging.INFO, logger="phieat.render"):
+            result = build(spec, pool=pool, progress=False)
+    finally:
+        pool.on_view = None
+    assert result.exit_code == 0, result.summary()
+    assert sum(steps) == 16 and min(steps) < 4, steps  # some steps were part of a shard
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("rendered ")]
+    assert lines and lines[-1].startswith("rendered 16/16 images (100 %), ")
+    stats = pool.cache_stats()
+    assert stats["meshes"]["hits"] + stats["meshes"]["misses"] >= 16
+    assert stats["worlds"]["hits"] > 0
+    assert "meshes " in pool.cache_summary()
