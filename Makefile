@@ -26,8 +26,8 @@ test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: setup
-	$(BIN)/ruff check phieat render train tests bench scripts
-	$(BIN)/ruff format --check phieat render train tests bench scripts
+	$(BIN)/ruff check phieat assets render train tests bench scripts
+	$(BIN)/ruff format --check phieat assets render train tests bench scripts
 
 clean:
 	rm -rf $(OUT) .pytest_cache

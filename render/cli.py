@@ -359,12 +359,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_preview)
 
     try:
-        assets_cli = importlib.import_module("render.assets.cli")
+        assets_cli = importlib.import_module("assets.cli")
     except ModuleNotFoundError as exc:
-        if exc.name != "render.assets.cli":
+        if exc.name != "assets.cli":
             raise
     else:
-        assets_cli.add_parser(sub)
+        from render.build import blender_session_factory
+
+        assets_cli.add_parser(sub, renderer=blender_session_factory)
     return parser
 
 

@@ -56,6 +56,7 @@ from typing import Any
 
 import numpy as np
 
+from assets.catalog import PathEscapeError, asset_path
 from phieat.schema import (
     HARD_NEGATIVE_GROUP,
     IMAGE_FORMATS,
@@ -67,7 +68,6 @@ from phieat.schema import (
     shard_name,
     validate_material_id,
 )
-from render.assets.catalog import PathEscapeError, asset_path
 from render.spec import Spec
 
 CATALOG_KINDS = ("materials", "meshes", "lights")

@@ -71,7 +71,8 @@ import ray
 import ray.exceptions
 
 from render import storage
-from render.build import (
+from render.errors import ClusterError
+from render.workers import (
     SessionFactory,
     ShardOutcome,
     WatchedSession,
@@ -80,7 +81,6 @@ from render.build import (
     should_recycle,
     sum_cache_stats,
 )
-from render.errors import ClusterError
 from render.writer import Session, render_shard
 
 logger = logging.getLogger("phieat.render")

@@ -23,7 +23,7 @@ import bpy
 import numpy as np
 from PIL import Image
 
-from render.assets.texsets import map_file_names
+from assets.texsets import map_file_names
 from render.blender import materials
 from render.blender.session import silenced
 

@@ -1,10 +1,10 @@
-"""Shader-node graphs of the procedural material families (``render.assets.families``).
+"""Shader-node graphs of the procedural material families (``assets.families``).
 
 Each builder receives the material, its Principled BSDF (already set from the principled
 parameters such as ``roughness`` or ``coat``) and the entry's flat ``params``, and adds the
 structure of its family: growth rings, veins, brush streaks, weave, pores, chips. Lengths in
 params are metres; texture coordinates are object-space positions in scene units of
-``render.assets.units.UNIT_M`` (meshes are built at real size), so a 4 mm ring spacing is
+``assets.units.UNIT_M`` (meshes are built at real size), so a 4 mm ring spacing is
 4 mm on every object. Patterns that need a surface parametrisation (tiles, weave) are
 projected on three planes and blended by the object-space normal (triplanar), so meshes
 without good UVs still look right.
@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import bpy
 
-from render.assets.units import UNIT_M
+from assets.units import UNIT_M
 from render.blender.materials import set_constant
 
 Builder = Callable[[bpy.types.Material, bpy.types.Node, dict], None]

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import bpy
 
-from render.assets.catalog import PathEscapeError, asset_path
-from render.assets.units import UNIT_M
+from assets.catalog import PathEscapeError, asset_path
+from assets.units import UNIT_M
 
 BUNDLED_PREFIX = "bpy:"
 RIG_NAME = "phieat-rig"

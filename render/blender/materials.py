@@ -1,7 +1,7 @@
 """Build Blender materials from material catalog entries.
 
 * ``source == "procedural"``: a shader-node graph per family (see
-  ``render.assets.families``), driven entirely by the entry's flat ``params`` dict, so the
+  ``assets.families``), driven entirely by the entry's flat ``params`` dict, so the
   same ID always builds the same node graph with the same values.
 * ``source`` in matsynth / ambientcg / polyhaven: a PBR texture set (``maps``) on a
   Principled BSDF with box (triplanar) projection in object space, scaled to the set's

@@ -1,7 +1,7 @@
 """Build Blender mesh datablocks from mesh catalog entries (``manifests/meshes.jsonl``).
 
 Every mesh is built at its real-world size: the catalog's ``size_m`` is the largest side of
-the bounding box in metres, and one scene unit is ``render.assets.units.UNIT_M`` metres, so
+the bounding box in metres, and one scene unit is ``assets.units.UNIT_M`` metres, so
 a texture with a known physical size maps onto it at a believable scale. The mesh is
 centred on its bounding-box centre; ``bounding_radius`` gives the radius the camera
 distance of a view job is measured in.
@@ -17,8 +17,8 @@ import bpy
 import numpy as np
 from mathutils import Matrix, Vector
 
-from render.assets.catalog import asset_path
-from render.assets.units import UNIT_M
+from assets.catalog import asset_path
+from assets.units import UNIT_M
 
 
 class MeshBuildError(ValueError):

@@ -75,9 +75,9 @@ import bpy
 import numpy as np
 from PIL import Image
 
+from assets.catalog import asset_path
+from assets.units import UNIT_M
 from phieat.schema import hash_obj
-from render.assets.catalog import asset_path
-from render.assets.units import UNIT_M
 from render.blender import caches, lights, materials, meshes
 from render.blender.exr import read_passes
 from render.errors import MaterialError, RenderError

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import bpy
 
-from render.assets.catalog import PathEscapeError, asset_path
-from render.assets.units import UNIT_M
+from assets.catalog import PathEscapeError, asset_path
+from assets.units import UNIT_M
 from render.blender.families import Graph
 from render.blender.materials import new_principled
 from render.errors import MaterialError

@@ -24,8 +24,8 @@ import pytest
 from fault_fakes import FakeSession
 from PIL import Image
 
+from assets import cli as assets_cli
 from render import cli
-from render.assets import cli as assets_cli
 from render.build import build
 from render.plan import PlanError, estimate, load_catalogs, make_plan
 from render.preview import contact_sheet, write_preview
@@ -224,7 +224,7 @@ def test_assets_validate_decodes_hdris_and_maps(tmp_path, capsys):
     text_hdr.write_text("#?RADIANCE\nthis header never ends and there are no pixels\n")
     cut_exr = tmp_path / "cut.exr"
     fakes = importlib.util.spec_from_file_location(
-        "image_fakes", ROOT / "tests" / "render" / "assets" / "image_fakes.py"
+        "image_fakes", ROOT / "tests" / "assets" / "image_fakes.py"
     )
     image_fakes = importlib.util.module_from_spec(fakes)
     fakes.loader.exec_module(image_fakes)

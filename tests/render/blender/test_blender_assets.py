@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from render.assets import lights, meshes
+from assets import lights, meshes
 from render.errors import RenderError
 
 pytestmark = pytest.mark.blender

@@ -21,7 +21,7 @@ def _digest(view) -> str:
 def _jobs(job: dict) -> list[dict]:
     """A deformed cylinder (slow to build: it goes to the disk cache), a cube under a studio
     rig with another material, and the first job again."""
-    from render.assets import families, lights, meshes
+    from assets import families, lights, meshes
 
     by_id = {m["id"]: m for m in meshes.builtin_meshes()}
     studio = next(e for e in lights.builtin_lights() if e["kind"] == "studio")

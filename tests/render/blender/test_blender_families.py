@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from render.assets import families
+from assets import families
 
 pytestmark = pytest.mark.blender
 

@@ -1,4 +1,4 @@
-"""``assets preview`` renders a labelled contact sheet from a catalog."""
+"""``phieat-render assets preview`` renders a labelled contact sheet from a catalog."""
 
 from __future__ import annotations
 
@@ -6,10 +6,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from render.assets import catalog as cat
-from render.assets import cli, families
+from assets import catalog as cat
+from assets import families
+from render.cli import main as render_main
 
 pytestmark = pytest.mark.blender
+
+
+def preview(argv: list[str]) -> int:
+    return render_main(["assets", *argv])
 
 
 @pytest.mark.slow
@@ -33,7 +38,7 @@ def test_preview_writes_a_grid(tmp_path, session, job):
         "-o",
         str(out),
     ]
-    assert cli.main(args) == 0
+    assert preview(args) == 0
     sheet = Image.open(out)
     assert sheet.size == (96, 32)
     # Three different materials: the three tiles differ.
@@ -46,13 +51,13 @@ def test_preview_writes_a_grid(tmp_path, session, job):
 
 @pytest.mark.slow
 def test_preview_of_lights_and_meshes(tmp_path, session):
-    from render.assets import lights, meshes
+    from assets import lights, meshes
 
     light_cat = cat.write_catalog(tmp_path / "lights.jsonl", lights.builtin_lights()[:2])
     mesh_cat = cat.write_catalog(tmp_path / "meshes.jsonl", meshes.builtin_meshes()[:2])
     common = ["--tile", "32", "--samples", "2", "--columns", "2"]
     assert (
-        cli.main(
+        preview(
             [
                 "preview",
                 "--kind",
@@ -67,7 +72,7 @@ def test_preview_of_lights_and_meshes(tmp_path, session):
         == 0
     )
     assert (
-        cli.main(
+        preview(
             [
                 "preview",
                 "--kind",

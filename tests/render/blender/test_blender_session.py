@@ -142,7 +142,7 @@ def test_memory_stays_flat_across_shards(session, job):
     """Datablocks do not pile up: after reset() only the output image is left (no orphans)."""
     import bpy
 
-    from render.assets import families, lights, meshes
+    from assets import families, lights, meshes
 
     fams = sorted(families.FAMILIES)
     mesh_list, light_list = meshes.builtin_meshes(), lights.builtin_lights()
@@ -175,7 +175,7 @@ def test_memory_stays_flat_across_shards(session, job):
 
 def test_pixels_do_not_depend_on_what_rendered_before(session, job):
     """A long-lived session gives the same bytes for a job whatever it rendered before."""
-    from render.assets import families, lights, meshes
+    from assets import families, lights, meshes
 
     job["material"] = families.material_entry("leather", 4)
     first = session.render_view(job).image
@@ -234,7 +234,7 @@ def test_views_after_other_materials_meshes_and_scenes_match_fresh_renders(sessi
     import sys
     from pathlib import Path
 
-    from render.assets import families
+    from assets import families
 
     fabric = families.material_entry("fabric", 2)
     cube = dict(job["mesh"], id="cube", params={"shape": "cube"}, size_m=0.25, group="cube")

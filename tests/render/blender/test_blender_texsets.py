@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from render.assets import families, texsets
+from assets import families, texsets
 from render.errors import MaterialError
 
 pytestmark = pytest.mark.blender

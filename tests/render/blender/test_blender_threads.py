@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.blender, pytest.mark.slow]
 
 
 def _sequence(job: dict) -> list[dict]:
-    from render.assets import families, lights, meshes
+    from assets import families, lights, meshes
 
     mesh_list, light_list = meshes.builtin_meshes(), lights.builtin_lights()
     studio = next(e for e in light_list if e["kind"] == "studio")

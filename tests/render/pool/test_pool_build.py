@@ -6,8 +6,9 @@ import pool_fakes
 import pytest
 
 from render import storage
-from render.build import LocalPool, ShardOutcome, build, load_snapshots
+from render.build import build, load_snapshots
 from render.verify import iter_tar_samples, verify_dataset
+from render.workers import LocalPool, ShardOutcome
 
 
 def _build(spec, **kw):

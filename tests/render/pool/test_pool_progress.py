@@ -6,8 +6,8 @@ import pytest
 
 pytest.importorskip("ray")
 
-from render.build import format_cache_stats, sum_cache_stats  # noqa: E402
 from render.pool import ViewProgress  # noqa: E402
+from render.workers import format_cache_stats, sum_cache_stats  # noqa: E402
 
 
 def test_progress_counts_views_in_flight_and_never_goes_back():

@@ -17,9 +17,10 @@ import pool_fakes
 import pytest
 
 from render import storage
-from render.build import ShardOutcome, build
+from render.build import build
 from render.pool import RenderPool, ensure_ray, shutdown_ray
 from render.verify import iter_tar_samples, verify_dataset
+from render.workers import ShardOutcome
 
 pytestmark = [pytest.mark.blender, pytest.mark.slow]
 

@@ -8,7 +8,7 @@ import pytest
 from image_fakes import tiny_exr, tiny_hdr
 from PIL import Image
 
-from render.assets.imagecheck import ImageCheckError, check_exr, check_hdr, check_image
+from assets.imagecheck import ImageCheckError, check_exr, check_hdr, check_image
 
 
 def test_valid_hdr_files_pass_flat_and_run_length_encoded():

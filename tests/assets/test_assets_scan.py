@@ -9,8 +9,8 @@ import pytest
 from image_fakes import tiny_exr, tiny_hdr
 from PIL import Image
 
-from render.assets import catalog as cat
-from render.assets import cli, lights, meshes, texsets
+from assets import catalog as cat
+from assets import cli, lights, meshes, texsets
 
 
 def _png(path: Path) -> None:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from render.assets import catalog as cat
-from render.assets import cli, families, lights, meshes
+from assets import catalog as cat
+from assets import cli, families, lights, meshes
 
 
 def _materials(n: int = 8) -> list[dict]:

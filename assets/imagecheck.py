@@ -11,7 +11,7 @@ validate``, rather than by a render that shows Blender's magenta missing-texture
   multi-part files: header only). Pixel data are not decompressed.
 * Everything else (PNG, JPEG, TIFF, ...): a full decode with Pillow.
 
-    from render.assets.imagecheck import check_image
+    from assets.imagecheck import check_image
     check_image(Path("maps/oak_basecolor.png"))   # None, or "... is not a readable image (...)"
 """
 

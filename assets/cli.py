@@ -12,7 +12,7 @@ Examples::
     phieat-render assets summary
     phieat-render assets preview --kind materials -n 48 -o docs/materials-contact-sheet.png
 
-``python -m render.assets.cli ...`` runs the same commands without the top-level program.
+``python -m assets.cli ...`` runs the same commands without the top-level program.
 Catalog kinds are taken from the file name (``materials.jsonl`` ...) or ``--kind``.
 """
 
@@ -22,13 +22,14 @@ import argparse
 import logging
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
+from assets import catalog as cat
+from assets import families, lights, meshes, texsets
+from assets import preview as prev
 from phieat.helpfmt import HelpFormatter
-from render.assets import catalog as cat
-from render.assets import families, lights, meshes, texsets
-from render.assets import preview as prev
 
 logger = logging.getLogger("phieat.render")
 MIN_TEST = {"materials": 1, "meshes": 8, "lights": 3}
@@ -272,8 +273,11 @@ def _spread(entries: list[dict], n: int, key: str) -> list[dict]:
 
 
 def cmd_preview(args: argparse.Namespace) -> int:
-    from render.blender.session import BlenderSession  # starts Blender: only here
-
+    if args.renderer is None:
+        raise ValueError(
+            "preview renders with Blender, which this library does not start itself: "
+            "run 'phieat-render assets preview ...'"
+        )
     kind = args.kind
     path = Path(args.catalog or cat.DEFAULT_PATHS[kind])
     entries = sorted(
@@ -283,7 +287,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
     chosen = _spread(entries, args.n, "family") if kind == "materials" else entries[: args.n]
     if not chosen:
         raise ValueError(f"{path}: nothing to preview")
-    session = BlenderSession(threads=args.threads, quiet=not args.verbose)
+    session = args.renderer(threads=args.threads, quiet=not args.verbose)
     session.set_base_dirs(materials_dir=path.parent, meshes_dir=path.parent, lights_dir=path.parent)
     tiles = []
     start = time.perf_counter()
@@ -315,8 +319,14 @@ def cmd_preview(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- parser
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register the ``assets`` command group on a parent parser's subparsers."""
+def add_parser(
+    subparsers: argparse._SubParsersAction, renderer: Callable[..., Any] | None = None
+) -> argparse.ArgumentParser:
+    """Register the ``assets`` command group on a parent parser's subparsers.
+
+    ``renderer(threads=, quiet=)`` opens a session with ``set_base_dirs`` and ``render_view``
+    (``phieat-render`` passes its Blender session); without one, ``preview`` says where to
+    run it, and every other command works."""
     parser = subparsers.add_parser(
         "assets",
         help="generate, scan, validate, split, summarise and preview asset catalogs",
@@ -434,14 +444,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--tile", type=int, default=96, help="tile size in pixels")
     p.add_argument("--samples", type=int, default=16, help="Cycles samples per tile (denoised)")
     p.add_argument("--threads", type=int, default=2, help="Cycles threads")
-    p.set_defaults(func=cmd_preview)
+    p.set_defaults(func=cmd_preview, renderer=renderer)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``assets`` commands on their own: ``python -m render.assets.cli validate``."""
+    """Run the ``assets`` commands on their own: ``python -m assets.cli validate``."""
     top = argparse.ArgumentParser(
-        prog="python -m render.assets.cli", description=__doc__, formatter_class=HelpFormatter
+        prog="python -m assets.cli", description=__doc__, formatter_class=HelpFormatter
     )
     top.add_argument("-v", "--verbose", action="store_true", help="info logs and Blender's output")
     subs = top.add_subparsers(dest="command")

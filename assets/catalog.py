@@ -18,10 +18,10 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from assets import families as fam
+from assets.lights import BUNDLED_HDRIS, BUNDLED_PREFIX, LIGHT_KINDS, SKY_TYPES
+from assets.meshes import MESH_KINDS, MESH_SUFFIXES
 from phieat.schema import SchemaError, validate_material_id
-from render.assets import families as fam
-from render.assets.lights import BUNDLED_HDRIS, BUNDLED_PREFIX, LIGHT_KINDS, SKY_TYPES
-from render.assets.meshes import MESH_KINDS, MESH_SUFFIXES
 
 KINDS = ("materials", "meshes", "lights")
 SPLITS = ("train", "val", "test")
@@ -150,8 +150,8 @@ def _resolve(path: str, base_dir: Path | None) -> Path:
 
 def check_image(path: Path) -> str | None:
     """``None`` if ``path`` decodes as the image its name says, else the reason it is not
-    (see ``render.assets.imagecheck``: HDR scanlines, EXR chunks, a full Pillow decode)."""
-    from render.assets.imagecheck import check_image as decode_check
+    (see ``assets.imagecheck``: HDR scanlines, EXR chunks, a full Pillow decode)."""
+    from assets.imagecheck import check_image as decode_check
 
     return decode_check(Path(path))
 

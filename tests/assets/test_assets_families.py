@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from assets import families
 from phieat.schema import validate_material_id
-from render.assets import families
 
 CATEGORIES = {
     "ceramic",

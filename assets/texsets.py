@@ -25,8 +25,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from assets.catalog import CATEGORIES
 from phieat.schema import slugify
-from render.assets.catalog import CATEGORIES
 
 LAYOUTS = ("matsynth", "ambientcg", "polyhaven")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".exr", ".webp", ".bmp", ".tga")

@@ -10,7 +10,7 @@ Built-in meshes are parametric, so an entry's ``params`` fully determine the geo
 * ``lathe``: vases, bottles, bowls and cups revolved from radius profiles;
 * ``furniture``: tables, stools, benches, chairs and shelves built from boxes/cylinders.
 
-``size_m`` is the largest side of the bounding box in metres (see ``render.assets.units``).
+``size_m`` is the largest side of the bounding box in metres (see ``assets.units``).
 Meshes made from one base shape share a ``group`` so the split keeps them together.
 User folders of OBJ/PLY/STL/GLB files become ``kind: "file"`` entries; each file's size
 comes from a sidecar ``<name>.json`` (``{"size_m": 0.4}``) or the default given.

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from render.assets import cli
+from assets import cli
 
 SUBCOMMANDS = ("generate", "scan", "validate", "split", "summary", "preview")
 
@@ -20,3 +20,13 @@ def test_assets_help_has_a_description_an_example_and_clean_defaults(name, capsy
     assert "(default: None)" not in text and "(default: False)" not in text
     for line in text.splitlines():
         assert line.count("default") <= 1, line
+
+
+def test_preview_without_a_renderer_says_where_to_run_it(tmp_path, capsys):
+    """The asset library never starts Blender itself: on its own, ``preview`` names the command
+    that can render, and the other commands need no renderer."""
+    argv = ["generate", "--per-family", "1", "--what", "materials", "--out-dir", str(tmp_path)]
+    assert cli.main(argv) == 0
+    catalog = tmp_path / "materials.jsonl"
+    assert cli.main(["preview", "--catalog", str(catalog), "-n", "2"]) == 2
+    assert "run 'phieat-render assets preview" in capsys.readouterr().err
