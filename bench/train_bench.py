@@ -8,7 +8,10 @@ Loader: one process, one torch thread, no workers (so the number is per core), f
 tiny-cpu crops (64/32 px from 64 px views) and DINOv2-size crops (2x224 + 8x98 from 256 px
 views), with the photometric part in the worker ("worker"), left to the device
 (``crops.on_device``, "photometric on device") and with decoding and crops left to the device
-too (``crops.decode_on_device``, "decode on device": the worker part only). Beside each figure:
+too (``crops.decode_on_device``, "decode on device": the worker part only), each twice: on
+shards whose views carry only their object masks (the worker decodes the chosen views' masks
+to place crops on the object) and, "(crop meta)", on copies whose json holds the renderer's
+crop metadata (``object_bbox``/``object_grid``; no mask is decoded). Beside each figure:
 the decode-only floor of the same shards measured in the same run (read the tar members and
 json, choose two views, decode both JPEGs, nothing else) and the figure's share of it. Also
 the device part of ``decode_on_device`` (``train.data.on_device``) run on this CPU. Train: the
@@ -171,22 +174,39 @@ def main() -> int:
         if args.shards:
             small = big = expand_urls(args.shards)
         else:
-            small = write_synthetic_shards(
-                Path(tmp) / "s64", materials=args.materials, views=4, size=64, per_shard=16
-            )
-            big = write_synthetic_shards(
-                Path(tmp) / "s256", materials=16, views=4, size=256, per_shard=16
-            )
+            small, big = (
+                write_synthetic_shards(
+                    Path(tmp) / "s64", materials=args.materials, views=4, size=64, per_shard=16,
+                    crop_meta=False,
+                ),
+                write_synthetic_shards(
+                    Path(tmp) / "s256", materials=16, views=4, size=256, per_shard=16,
+                    crop_meta=False,
+                ),
+            )  # fmt: skip
+        # Masks only (datasets older than the crop metadata), then the same with it.
+        sources = {"": (small, big)}
+        if not args.shards:
+            sources[" (crop meta)"] = (
+                write_synthetic_shards(
+                    Path(tmp) / "s64-meta", materials=args.materials, views=4, size=64,
+                    per_shard=16,
+                ),
+                write_synthetic_shards(
+                    Path(tmp) / "s256-meta", materials=16, views=4, size=256, per_shard=16
+                ),
+            )  # fmt: skip
         results: dict[str, float] = {}
         rows = []
-        for name, shards, extra, batches in (
-            ("tiny", small, [], args.batches),
-            ("dinov2", big, DINOV2, args.batches),
+        for i, (name, shards, extra, batches) in enumerate(
+            (("tiny", small, [], args.batches), ("dinov2", big, DINOV2, args.batches))
         ):
             floor = decode_floor(shards, 16 * batches)
             rows.append((name, "decode-only floor", floor, floor))
             for path, overrides in PATHS.items():
-                rows.append((name, path, loader_rate(shards, [*extra, *overrides], batches), floor))
+                for label, pair in sources.items():
+                    rate = loader_rate(pair[i], [*extra, *overrides], batches)
+                    rows.append((name, path + label, rate, floor))
             part = device_part_rate(shards, extra, max(1, batches // 2))
             rows.append((name, "device part on this cpu", part, floor))
         torch.set_num_threads(os.cpu_count() or 1)
@@ -196,10 +216,11 @@ def main() -> int:
     print("loader, samples/s per core: wall clock (share of the decode-only floor) | per CPU s")
     for name, path, (wall, cpu), (floor_wall, floor_cpu) in rows:
         print(
-            f"  {name:<7}{path:<26}{wall:9.1f} ({wall / floor_wall:6.1%}) |"
+            f"  {name:<7}{path:<38}{wall:9.1f} ({wall / floor_wall:6.1%}) |"
             f"{cpu:9.1f} ({cpu / floor_cpu:6.1%})"
         )
-        key = f"loader_{name}_{path.replace('-', '_').replace(' ', '_')}"
+        slug = path.replace("-", "_").replace(" (", "_").replace(")", "").replace(" ", "_")
+        key = f"loader_{name}_{slug}"
         results[f"{key}_samples_per_s_per_core"] = wall
         results[f"{key}_samples_per_cpu_s"] = cpu
         if path != "decode-only floor":

@@ -272,12 +272,14 @@ def object_crop_meta(mask: Any, cells: int = OBJECT_GRID_SIZE) -> dict[str, Any]
     ys, xs = np.array(grid_edges(y0, y1, cells)), np.array(grid_edges(x0, x1, cells))
     # Object pixels per cell; reduceat sums [start_i, start_i+1), and gives a stray row or
     # column for an empty cell, which the cell's zero size then clears.
-    counts = np.add.reduceat(mask[y0:y1, x0:x1], xs[:-1] - x0, axis=1, dtype=np.int64)
-    counts = np.add.reduceat(counts, ys[:-1] - y0, axis=0)
+    inside = mask[y0:y1, x0:x1].view(np.uint8)
+    counts = np.add.reduceat(inside, xs[:-1] - x0, axis=1, dtype=np.int32)
+    counts = np.add.reduceat(counts, ys[:-1] - y0, axis=0).astype(np.int64)
     area = (ys[1:] - ys[:-1])[:, None] * (xs[1:] - xs[:-1])
     counts *= area > 0
     occupancy = (510 * counts + area) // np.maximum(2 * area, 1)  # round half up
-    occupancy = occupancy.clip(counts > 0, 255 - (counts < area))  # 0 if empty, 255 if full
+    np.maximum(occupancy, counts > 0, out=occupancy)  # 0 only when empty
+    np.minimum(occupancy, 255 - (counts < area), out=occupancy)  # 255 only when full
     bbox = [
         round(v / size, BBOX_DECIMALS)
         for v, size in zip((x0, y0, x1, y1), (width, height, width, height), strict=True)

@@ -23,12 +23,17 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
+from PIL import Image
+
 from phieat.schema import (
     HARD_NEGATIVE_GROUP,
+    MASK_THRESHOLD,
     SCHEMA_VERSION,
     canonical_json,
     mask_member,
     matid_member,
+    object_crop_meta,
     sidecar_name,
     validate_meta,
     view_member,
@@ -126,6 +131,17 @@ def material_meta(entry: dict) -> dict[str, Any]:
     return meta
 
 
+def view_meta(view: Any, with_mask: bool) -> dict[str, Any]:
+    """A view's record in the sample json: the session's metadata and, when the mask pass was
+    rendered, the crop metadata computed from the mask (``phieat.schema.object_crop_meta``),
+    so that trainers place crops on the object without decoding the mask."""
+    meta = dict(view.meta)
+    if with_mask and view.mask is not None:
+        mask = np.asarray(Image.open(io.BytesIO(view.mask)).convert("L")) > MASK_THRESHOLD
+        meta.update(object_crop_meta(mask))
+    return meta
+
+
 def _render_with_retries(
     session: Session, job: dict, max_retries: int
 ) -> tuple[Any, str | None, int]:
@@ -195,7 +211,7 @@ def render_shard(
                     "schema_version": SCHEMA_VERSION,
                     "key": sample["key"],
                     "material": material_meta(sample["material"]),
-                    "views": [dict(view.meta) for view in views],
+                    "views": [view_meta(view, "mask" in passes) for view in views],
                     "blender_version": session.blender_version,
                     "catalog_snapshot": shard["catalog_snapshot"],
                     "plan_hash": shard["plan_hash"],

@@ -257,6 +257,34 @@ def test_hard_negative_group_is_optional_and_checked_when_present():
         assert "hard_negative_group" in str(info.value)
 
 
+def test_crop_meta_is_optional_and_checked_when_present():
+    meta = make_meta()
+    schema.validate_sample(make_sample(meta))  # shards written before the fields stay valid
+    good = {schema.OBJECT_BBOX: [0.25, 0.125, 0.75, 1.0], schema.OBJECT_GRID: "00ff" * 2}
+    meta["views"][0].update(good)
+    meta["views"][1].update({schema.OBJECT_BBOX: None, schema.OBJECT_GRID: ""})
+    schema.validate_sample(make_sample(meta))
+    bad_values = (
+        ({schema.OBJECT_BBOX: [0.5, 0.0, 0.5, 1.0]}, "0 <= x0 < x1 <= 1"),
+        ({schema.OBJECT_BBOX: [0.0, 0.0, 1.0, 1.5]}, "0 <= y0 < y1 <= 1"),
+        ({schema.OBJECT_BBOX: [0.0, 0.0, 1.0]}, "is not"),
+        ({schema.OBJECT_BBOX: [0, 0, True, 1]}, "is not"),
+        ({schema.OBJECT_GRID: "00ff00"}, "square grid"),
+        ({schema.OBJECT_GRID: "zz" * 4}, "hex digits"),
+        ({schema.OBJECT_GRID: 7}, "hex string"),
+        ({schema.OBJECT_BBOX: None}, "empty when"),
+    )
+    for change, words in bad_values:
+        meta["views"][0] = {**meta["views"][0], **good, **change}
+        with pytest.raises(SchemaError, match=words) as info:
+            schema.validate_meta(meta)
+        assert "views[0]" in str(info.value)
+    meta["views"][0] = dict(meta["views"][0], **good)
+    del meta["views"][0][schema.OBJECT_GRID]
+    with pytest.raises(SchemaError, match="without the other"):
+        schema.validate_meta(meta)
+
+
 def test_index_hard_negative_group_size_is_optional():
     index = make_index()
     schema.validate_index(index)

@@ -5,7 +5,9 @@ Every random choice is drawn in the data worker from the sample's own
 is the same whichever device applies it. The work is split in two:
 
 * geometry (``crop_box`` + ``render_crop``): the crop box keeps at least
-  ``min_object_fraction`` object pixels when the view has an object mask; in the worker each
+  ``min_object_fraction`` object pixels when the view's object is known (``ObjectGrid``: the
+  bounding box and coarse occupancy grid the renderer writes into the view's json, or the same
+  computed from the view's mask in older shards; no mask is decoded otherwise); in the worker each
   crop is one antialiased bilinear resize of a uint8 tensor (torch's vectorised uint8 kernel,
   about twice as fast as PIL ``resize(box=...)``). With ``crops.decode_on_device`` the worker
   only draws the boxes and ``cut_crops`` cuts every crop of a batch on the training device
@@ -21,11 +23,14 @@ no hue shift and no grayscale.
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
+from collections.abc import Mapping
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from phieat import schema
 from train.models.backbone import IMAGENET_MEAN, IMAGENET_STD
 
 # Columns of the per-crop photometric parameter table.
@@ -33,27 +38,96 @@ PARAMS = ("brightness", "contrast", "saturation", "grayscale", "blur_sigma", "so
 LOG_RATIO = (math.log(3 / 4), math.log(4 / 3))
 
 
-def mask_integral(mask: np.ndarray) -> np.ndarray:
-    """Summed-area table of a boolean mask ``[H, W]`` -> ``[H+1, W+1]`` (int32 while it fits:
-    eight times faster than int64 and the same counts)."""
-    dtype = np.int32 if mask.size < 2**31 else np.int64
-    table = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), dtype=dtype)
-    inner = table[1:, 1:]
-    np.cumsum(mask, axis=0, dtype=dtype, out=inner)
-    np.cumsum(inner, axis=1, out=inner)
-    return table
+class ObjectGrid:
+    """Where a view's object is, coarsely: its bounding box and the occupancy of a ``G x G``
+    grid spanning it (``phieat.schema.object_crop_meta``, read from the view's json or computed
+    from its mask). All arithmetic is on integers, so every machine makes the same choices.
 
+    * ``fraction(box)``: the box's object fraction, taking each cell's object pixels as spread
+      evenly over the cell: ``sum(occupancy * overlap pixels) / (255 * box pixels)``, from a
+      summed-area table of the grid (the sum is bilinear inside a cell);
+    * ``centre(rng)``: one ``rng.integers`` draw ``u`` over ``sum(occupancy * cell pixels)``
+      picks a cell in proportion to its object pixels and, within it, pixel
+      ``(u - cells before) // occupancy`` in raster order: ``(y, x)``.
+    """
 
-def object_points(mask: np.ndarray, limit: int = 512) -> np.ndarray:
-    """About ``limit`` object pixels ``[N, 2]`` (y, x) in raster order (every k-th one)."""
-    flat = np.flatnonzero(mask)[:: max(1, int(mask.sum()) // limit)]
-    return np.stack(np.divmod(flat, mask.shape[1]), axis=1)
+    def __init__(self, box: tuple[int, int, int, int], occupancy: np.ndarray) -> None:
+        x0, y0, x1, y1 = box
+        side = occupancy.shape[0]
+        self.xs = schema.grid_edges(x0, x1, side)
+        self.ys = schema.grid_edges(y0, y1, side)
+        # 255 x object pixels per cell, and their summed-area table over the cell edges.
+        xs, ys = np.array(self.xs), np.array(self.ys)
+        cells = occupancy * ((ys[1:] - ys[:-1])[:, None] * (xs[1:] - xs[:-1]))
+        inner = cells.cumsum(axis=0).cumsum(axis=1).tolist()
+        self.table = [[0] * (side + 1)] + [[0, *row] for row in inner]
+        self.cumulative = cells.ravel().cumsum().tolist()
+        self.total = self.cumulative[-1]
+        if self.total <= 0:
+            raise ValueError(f"object grid over {box} holds no object pixel")
 
+    @classmethod
+    def from_meta(cls, view: Mapping, width: int, height: int) -> ObjectGrid | None:
+        """From a view's ``object_bbox`` / ``object_grid`` (None for a view without object)."""
+        bbox = view[schema.OBJECT_BBOX]
+        if bbox is None:
+            return None
+        cells = view[schema.OBJECT_GRID]
+        occupancy = np.frombuffer(bytes.fromhex(cells), dtype=np.uint8)
+        side = math.isqrt(len(occupancy))
+        if side < 1 or side * side != len(occupancy):
+            raise ValueError(
+                f"{schema.OBJECT_GRID} of {len(cells)} characters is not a square grid"
+            )
+        box = schema.object_bbox_pixels(bbox, width, height)
+        return cls(box, occupancy.reshape(side, side))
 
-def box_fraction(table: np.ndarray, box: tuple[int, int, int, int]) -> float:
-    x0, y0, x1, y1 = box
-    inside = table[y1, x1] - table[y0, x1] - table[y1, x0] + table[y0, x0]
-    return float(inside) / max(1, (x1 - x0) * (y1 - y0))
+    @classmethod
+    def from_mask(cls, mask: np.ndarray) -> ObjectGrid | None:
+        """From a decoded bool mask ``[H, W]``: the record the renderer would have written."""
+        height, width = mask.shape
+        return cls.from_meta(schema.object_crop_meta(mask), width, height)
+
+    @staticmethod
+    def _locate(edges: list[int], v: int) -> tuple[int, int, int]:
+        """The cell holding coordinate ``v`` (clamped to the edges): its index, ``v``'s offset
+        in it and its size, never 0 (``bisect_right`` steps over empty cells, and the last
+        cell is never empty)."""
+        v = min(max(v, edges[0]), edges[-1])
+        k = min(bisect_right(edges, v) - 1, len(edges) - 2)
+        return k, v - edges[k], edges[k + 1] - edges[k]
+
+    def _below(self, col: tuple[int, int, int], row: tuple[int, int, int]) -> int:
+        """255 x the estimated object pixels left of and above a point (``_locate`` of its x
+        and y): the table interpolated bilinearly inside the point's cell, in exact integer
+        division (a cell's table differences are multiples of its width and height)."""
+        (j, fx, w), (i, fy, h) = col, row
+        t00, t01 = self.table[i][j], self.table[i][j + 1]
+        t10, t11 = self.table[i + 1][j], self.table[i + 1][j + 1]
+        return (
+            t00
+            + fy * (t10 - t00) // h
+            + fx * (t01 - t00) // w
+            + fx * fy * (t11 - t10 - t01 + t00) // (w * h)
+        )
+
+    def fraction(self, box: tuple[int, int, int, int]) -> float:
+        x0, y0, x1, y1 = box
+        left, right = self._locate(self.xs, x0), self._locate(self.xs, x1)
+        top, bottom = self._locate(self.ys, y0), self._locate(self.ys, y1)
+        inside = self._below(right, bottom) - self._below(left, bottom)
+        inside += self._below(left, top) - self._below(right, top)
+        return inside / (255 * max(1, (x1 - x0) * (y1 - y0)))
+
+    def centre(self, rng: np.random.Generator) -> tuple[int, int]:
+        u = int(rng.integers(self.total))
+        cell = bisect_right(self.cumulative, u)
+        before = self.cumulative[cell - 1] if cell else 0
+        row, col = divmod(cell, len(self.table) - 1)
+        w, h = self.xs[col + 1] - self.xs[col], self.ys[row + 1] - self.ys[row]
+        weight = (self.cumulative[cell] - before) // (w * h)  # the cell's occupancy
+        dy, dx = divmod((u - before) // weight, w)
+        return self.ys[row] + dy, self.xs[col] + dx
 
 
 def crop_box(
@@ -61,18 +135,17 @@ def crop_box(
     width: int,
     height: int,
     scale: tuple[float, float],
-    table: np.ndarray | None = None,
+    grid: ObjectGrid | None = None,
     min_fraction: float = 0.5,
     tries: int = 10,
-    points: np.ndarray | None = None,
 ) -> tuple[int, int, int, int]:
-    """A random-resized-crop box ``(x0, y0, x1, y1)``, kept on the object when ``table`` is given.
+    """A random-resized-crop box ``(x0, y0, x1, y1)``, kept on the object when ``grid`` is given.
 
     Draws up to ``tries`` boxes (area fraction in ``scale``, aspect ratio in [3/4, 4/3]) and
-    returns the first with at least ``min_fraction`` object pixels, else the one with the
-    most object pixels; the whole image if no draw fits. With ``points`` (``[N, 2]`` object
-    pixel (y, x) coordinates) boxes are centred on a random object pixel, so small objects
-    are found in a few draws.
+    returns the first with at least ``min_fraction`` object pixels (``grid.fraction``), else the
+    one with the most; the whole image if no draw fits. With a grid each box is centred on a
+    point drawn by ``grid.centre`` (where the object is), so small objects are found in a few
+    draws; without one it is placed uniformly.
     """
     area = width * height
     best, best_fraction = (0, 0, width, height), -1.0
@@ -83,17 +156,15 @@ def crop_box(
         h = int(round(math.sqrt(target / ratio)))
         if not (0 < w <= width and 0 < h <= height):
             continue
-        if points is not None and len(points):
-            cy, cx = points[int(rng.integers(len(points)))]
-            x0 = int(min(max(cx - w // 2, 0), width - w))
-            y0 = int(min(max(cy - h // 2, 0), height - h))
-        else:
+        if grid is None:
             x0 = int(rng.integers(0, width - w + 1))
             y0 = int(rng.integers(0, height - h + 1))
+            return (x0, y0, x0 + w, y0 + h)
+        cy, cx = grid.centre(rng)
+        x0 = min(max(cx - w // 2, 0), width - w)
+        y0 = min(max(cy - h // 2, 0), height - h)
         box = (x0, y0, x0 + w, y0 + h)
-        if table is None:
-            return box
-        fraction = box_fraction(table, box)
+        fraction = grid.fraction(box)
         if fraction >= min_fraction:
             return box
         if fraction > best_fraction:

@@ -19,7 +19,8 @@ Pipeline (one logical *stream* per rank x data worker), top to bottom:
    the buffer shuffles whole hard-negative groups (materials rendered on the identical mesh,
    light and camera, ``[hard_negatives]`` in the dataset spec), so a batch holds every member
    of a group, except where a group straddles two batches.
-4. decode only the chosen views' images and masks and the json (never pickle), schema check
+4. decode only the chosen views' images and the json (never pickle; a view's mask only in
+   shards without crop metadata, see ``augment.ObjectGrid``), schema check
    (``phieat.schema.validate_sample``). With ``data.error_policy = "warn"`` an undecodable
    sample, a shard that cannot be opened, and the rest of a shard after a damaged tar header
    (or a shard shorter than its ``index.json`` record) are skipped, logged and counted
@@ -575,6 +576,28 @@ def _view_member(sample: dict, index: int) -> str:
     raise DataError(f"sample {sample['__key__']}: no image member for view {index}")
 
 
+def _object_grid(
+    raw: dict, view: dict, index: int, width: int, height: int
+) -> augment.ObjectGrid | None:
+    """Where view ``index``'s object is: from the crop metadata in its json when the renderer
+    wrote it (no mask decode), else from its mask (older shards), else None (no object known)."""
+    if schema.OBJECT_BBOX in view:
+        return augment.ObjectGrid.from_meta(view, width, height)
+    member = schema.mask_member(index)
+    if member not in raw:
+        return None
+    try:
+        mask = np.asarray(Image.open(io.BytesIO(raw[member])).convert("L")) > schema.MASK_THRESHOLD
+    except (OSError, ValueError, SyntaxError) as exc:  # a damaged mask file
+        reason = str(exc).split(" <_io.")[0]
+        raise DataError(f"{member} cannot be decoded ({type(exc).__name__}: {reason})") from None
+    if mask.shape != (height, width):
+        raise DataError(
+            f"sample {raw['__key__']}: view{index} mask is {mask.shape}, image {height}x{width}"
+        )
+    return augment.ObjectGrid.from_mask(mask)
+
+
 def make_sample(
     raw: dict,
     rng: np.random.Generator,
@@ -592,7 +615,7 @@ def make_sample(
     meta = schema.validate_sample(raw) if data.validate_samples else json.loads(raw["json"])
     material_id, _ = schema.parse_key(key)
     pair = choose_views(rng, meta["views"], data.physical_augmentation)
-    decoded: dict[int, tuple[torch.Tensor, np.ndarray | None, np.ndarray | None]] = {}
+    decoded: dict[int, tuple[torch.Tensor, augment.ObjectGrid | None]] = {}
     sizes: dict[int, tuple[int, int]] = {}
     for index in sorted(set(pair)):
         member = _view_member(raw, index)
@@ -602,32 +625,18 @@ def make_sample(
             image = _decode_image(raw[member], key, member)
             height, width = image.shape[1:]
         sizes[index] = (width, height)
-        table = points = None
-        mask_bytes = raw.get(schema.mask_member(index))
-        if mask_bytes is not None and crops.min_object_fraction > 0:
-            try:
-                mask = np.asarray(Image.open(io.BytesIO(mask_bytes)).convert("L")) > 127
-            except (OSError, ValueError, SyntaxError) as exc:  # a damaged mask file
-                reason = str(exc).split(" <_io.")[0]
-                raise DataError(
-                    f"{schema.mask_member(index)} cannot be decoded ({type(exc).__name__}: {reason})"
-                ) from None
-            if mask.shape != (height, width):
-                raise DataError(
-                    f"sample {key}: view{index} mask is {mask.shape}, image {height}x{width}"
-                )
-            if mask.any():
-                table = augment.mask_integral(mask)
-                points = augment.object_points(mask)
-        decoded[index] = (image, table, points)
+        grid = None
+        if crops.min_object_fraction > 0:
+            grid = _object_grid(raw, meta["views"][index], index, width, height)
+        decoded[index] = (image, grid)
     slots = {view: slot for slot, view in enumerate(decoded)}
 
     def crop(view: int, size: int, scale: list[float], blur_prob: float, solarize_prob: float):
-        image, table, points = decoded[view]
+        image, grid = decoded[view]
         width, height = sizes[view]
         box = augment.crop_box(
-            rng, width, height, (scale[0], scale[1]), table, crops.min_object_fraction,
-            crops.crop_tries, points,
+            rng, width, height, (scale[0], scale[1]), grid, crops.min_object_fraction,
+            crops.crop_tries,
         )  # fmt: skip
         flip = crops.hflip and rng.random() < 0.5
         pixels = (slots[view], box, flip) if defer else augment.render_crop(image, box, size, flip)
@@ -670,7 +679,7 @@ def make_sample(
         "views": views,
     }
     if defer:
-        sample["images"] = [image for image, _, _ in decoded.values()]
+        sample["images"] = [image for image, _ in decoded.values()]
     return sample
 
 

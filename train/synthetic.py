@@ -109,11 +109,14 @@ def write_synthetic_shards(
     image_format: str = "jpg",
     index: bool = True,
     hard_negative_group_size: int = 0,
+    crop_meta: bool = True,
 ) -> list[str]:
     """Write ``materials x groups`` samples of ``views`` views into shards; returns their paths.
 
     ``hard_negative_group_size`` k > 0 tags every k consecutive samples with one
-    ``hard_negative_group`` id, as a ``[hard_negatives]`` build writes them."""
+    ``hard_negative_group`` id, as a ``[hard_negatives]`` build writes them. ``crop_meta``:
+    each view's json holds the crop metadata the renderer writes (``object_bbox``,
+    ``object_grid``); without it a loader reads the mask, as for datasets older than it."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     mats = make_materials(materials, seed)
@@ -161,6 +164,8 @@ def write_synthetic_shards(
                             "render_time_s": 0.0,
                         }
                     )
+                    if crop_meta:  # what the crop sampler needs, as the renderer writes it
+                        view_meta[-1].update(schema.object_crop_meta(mask))
                 meta = {
                     "schema_version": schema.SCHEMA_VERSION,
                     "key": key,
