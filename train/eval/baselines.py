@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from train.eval.features import Features
+from train.eval.extractor import Features
 
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 # Uniform LBP codes (at most two 0/1 transitions around the circle) keep their count of ones

@@ -1,39 +1,26 @@
 """Images in, CLS and patch features out, for every kind of model the evaluation compares.
 
-An *extractor* is any callable ``(images, masks) -> Features`` with
-
-* ``images``: ``(B, H, W, 3)`` uint8 sRGB;
-* ``masks``: ``(B, H, W)`` bool object masks, or ``None`` (extractors may ignore them);
-* ``Features.cls``: ``(B, D)`` float32, ``Features.patches``: ``(B, h, w, Dp)`` float32.
-
+An extractor (``train.eval.extractor``: the call signature and the ``Features`` it returns)
+turns ``(B, H, W, 3)`` uint8 images into ``(B, D)`` CLS and ``(B, h, w, Dp)`` patch features.
 ``extract_all`` runs one over a whole dataset in batches. ``BackboneExtractor`` wraps the
 trainer's backbone (``train.models.load_backbone_for_eval`` / ``extract``); ``load_model``
-turns a ``--model`` spec of ``phieat-eval`` into an extractor (see ``SPEC_HELP``).
+turns a ``--model`` spec of ``phieat-eval`` into an extractor (see ``SPEC_HELP``), the
+hand-crafted baseline (``train.eval.baselines``) included.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from train.eval import baselines
+from train.eval.extractor import Extractor, Features
+
 logger = logging.getLogger("phieat.train")
-
-
-@dataclass
-class Features:
-    """``cls`` ``(B, D)`` and ``patches`` ``(B, h, w, Dp)``, both float32 numpy arrays."""
-
-    cls: np.ndarray
-    patches: np.ndarray
-
-
-Extractor = Callable[[np.ndarray, "np.ndarray | None"], Features]
 
 
 def extract_all(
@@ -151,8 +138,6 @@ def pretrained(arch: str, path: str, image_size: int, device: str = "cpu") -> Ba
 
 def load_model(spec: str, image_size: int, device: str = "cpu", seed: int = 0) -> Extractor:
     """Turn a ``--model`` value (after ``NAME=``) into an extractor; see ``SPEC_HELP``."""
-    from train.eval import baselines
-
     kind, _, rest = spec.partition(":")
     if kind == "pixel-stats":
         patch = int(rest) if rest else max(1, image_size // 8)

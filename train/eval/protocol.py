@@ -38,7 +38,8 @@ import numpy as np
 from phieat import schema
 from train.eval import metrics as M
 from train.eval.data import EvalSet
-from train.eval.features import Extractor, Features, extract_all
+from train.eval.extractor import Extractor, Features
+from train.eval.features import extract_all
 
 logger = logging.getLogger("phieat.train")
 

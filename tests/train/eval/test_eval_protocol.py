@@ -9,7 +9,7 @@ import pytest
 from train.eval import metrics as M
 from train.eval.baselines import PixelStats
 from train.eval.data import EvalSet, read_eval_set
-from train.eval.features import Features
+from train.eval.extractor import Features
 from train.eval.protocol import EvalConfig, _selection_inputs, evaluate, roughness_bucket
 
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
