@@ -279,7 +279,6 @@ def import_circles(graph: dict[str, set[str]]) -> list[list[str]]:
     return sorted(circles)
 
 
-@pytest.mark.xfail(strict=True, reason="two circles left: render.blender node helpers, eval features")
 def test_no_import_circles():
     circles = import_circles(import_graph())
     assert circles == [], "import circles: " + "; ".join(" <-> ".join(c) for c in circles)

@@ -25,7 +25,7 @@ from PIL import Image
 
 from assets.texsets import map_file_names
 from render.blender import materials
-from render.blender.session import silenced
+from render.blender.process import silenced
 
 BAKE_OBJECT = "phieat-bake-plane"
 

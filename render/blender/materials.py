@@ -1,11 +1,12 @@
 """Build Blender materials from material catalog entries.
 
-* ``source == "procedural"``: a shader-node graph per family (see
-  ``assets.families``), driven entirely by the entry's flat ``params`` dict, so the
+* ``source == "procedural"``: a shader-node graph per family (``render.blender.families``,
+  see ``assets.families``), driven entirely by the entry's flat ``params`` dict, so the
   same ID always builds the same node graph with the same values.
 * ``source`` in matsynth / ambientcg / polyhaven: a PBR texture set (``maps``) on a
   Principled BSDF with box (triplanar) projection in object space, scaled to the set's
-  physical size; base colour is read as sRGB and every other map as non-colour data.
+  physical size (``render.blender.texsets``); base colour is read as sRGB and every other
+  map as non-colour data.
 
 Texture coordinates are object-space positions in scene units (meshes are built at real
 size), so ``physical_size_m`` and every procedural length parameter are in metres.
@@ -18,6 +19,9 @@ from pathlib import Path
 
 import bpy
 
+from render.blender import families
+from render.blender.nodes import new_principled, set_constant
+from render.blender.texsets import build_texture_set
 from render.errors import MaterialError
 
 # Flat parameter name -> Principled BSDF input. Any family may set these directly.
@@ -43,33 +47,11 @@ PRINCIPLED_INPUTS = {
 }
 
 
-def set_constant(socket: bpy.types.NodeSocket, value: object) -> None:
-    """Give an input socket a constant: a number, or an RGB(A) / XYZ list (alpha 1 if missing)."""
-    if isinstance(value, (list, tuple)):
-        values = [float(v) for v in value]
-        if socket.type == "RGBA" and len(values) == 3:
-            values.append(1.0)
-        socket.default_value = values
-    else:
-        socket.default_value = float(value)
-
-
 def _set_input(node: bpy.types.Node, name: str, value: object, material_id: str) -> None:
     socket = node.inputs.get(name)
     if socket is None:
         raise MaterialError(material_id, f"shader input {name!r} missing on {node.bl_idname}")
     set_constant(socket, value)
-
-
-def new_principled(name: str) -> tuple[bpy.types.Material, bpy.types.Node]:
-    """A new material whose node tree is just a Principled BSDF linked to the Output."""
-    mat = bpy.data.materials.new(name)
-    nodes = mat.node_tree.nodes
-    nodes.clear()
-    out = nodes.new("ShaderNodeOutputMaterial")
-    bsdf = nodes.new("ShaderNodeBsdfPrincipled")
-    mat.node_tree.links.new(bsdf.outputs["BSDF"], out.inputs["Surface"])
-    return mat, bsdf
 
 
 def principled_material(entry: dict, name: str) -> tuple[bpy.types.Material, bpy.types.Node]:
@@ -88,8 +70,6 @@ def build_material(entry: dict, base_dir: Path | None = None) -> bpy.types.Mater
     source = entry.get("source")
     name = f"phieat-{material_id}"
     if source == "procedural":
-        from render.blender import families
-
         family = entry.get("family")
         builder = families.BUILDERS.get(family)
         if builder is None:
@@ -105,8 +85,6 @@ def build_material(entry: dict, base_dir: Path | None = None) -> bpy.types.Mater
             raise MaterialError(material_id, f"bad params for family {family!r}: {exc}") from exc
         return mat
     if source in ("matsynth", "ambientcg", "polyhaven"):
-        from render.blender.texsets import build_texture_set
-
         return build_texture_set(entry, name, base_dir)
     raise MaterialError(
         material_id, f"unknown source {source!r} (procedural, matsynth, ambientcg, polyhaven)"

@@ -22,8 +22,7 @@ import bpy
 
 from assets.catalog import PathEscapeError, asset_path
 from assets.units import UNIT_M
-from render.blender.families import Graph
-from render.blender.materials import new_principled
+from render.blender.nodes import Graph, new_principled
 from render.errors import MaterialError
 
 DEFAULTS = {"roughness": 0.5, "metallic": 0.0}
