@@ -10,11 +10,11 @@
    one for catalog entries that are new;
 4. skip every shard that is published and unchanged, render the others through the pool,
    each published atomically with its sidecar; the build notes what it published in its
-   journal (``journal/``, see ``published_sidecar``), so an edited sidecar cannot keep a
+   journal (``journal/``, see ``render.journal``), so an edited sidecar cannot keep a
    changed shard;
 5. write ``failures.jsonl`` (material, reason, attempts), the dataset card ``README.md`` and
    ``wids.json`` for other loaders (``render.card``), a new ``index.json`` (older ones stay
-   under ``indexes/``) and ``<output>/latest.json``; return a non-zero exit code when a
+   under ``indexes/``; ``render.index``) and ``<output>/latest.json``; return a non-zero exit code when a
    shard is missing or failures exceed ``[build].max_failure_fraction``.
 
     from render.build import build
@@ -28,27 +28,16 @@ import logging
 import os
 import sys
 import time
-import uuid
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from phieat.schema import (
-    FAILURES_NAME,
-    INDEX_LIGHTS,
-    INDEX_MATERIAL_GROUPS,
-    INDEX_MESHES,
-    INDEX_NAME,
-    SCHEMA_VERSION,
-    canonical_json,
-    sidecar_name,
-    validate_index,
-)
-from render import card, storage
+from phieat.schema import FAILURES_NAME, INDEX_NAME
+from render import storage
+from render.index import write_failures, write_index
+from render.journal import failed_materials, load_snapshots, record_published, split_published
 from render.plan import (
     SNAPSHOT_DIR,
-    Plan,
     ShardPlan,
     blender_version_tag,
     dataset_version,
@@ -58,21 +47,11 @@ from render.plan import (
 )
 from render.spec import Spec
 from render.workers import LocalPool, Pool, SessionFactory, ShardOutcome, blender_session_factory
-from render.writer import file_sha256
 
 logger = logging.getLogger("phieat.render")
 
 LOCK_NAME = "build.lock"
 LATEST_NAME = "latest.json"
-INDEX_DIR = "indexes"
-# The build's own record of what it published: one small JSON file per shard, written by the
-# process holding the lock (never by a worker) and read only by later builds. Readers of the
-# dataset (verify, the trainer) never look here.
-JOURNAL_DIR = "journal"
-JOURNAL_FIELDS = ("sha256", "bytes", "plan_hash")
-# ``published_sidecar``'s reason for a shard it kept after checking it against its sidecar
-# alone, because the journal has no record of it.
-UNRECORDED = "ok (not in the build journal: checked against its sidecar)"
 
 
 def _default_ray_auth() -> None:
@@ -127,104 +106,6 @@ def make_pool(
         quiet=not verbose,
         address=address,
     )
-
-
-# ----------------------------------------------------------------------------- state
-
-
-def load_snapshots(version_url: str) -> list[dict]:
-    """The stored plan generations of a dataset version, in order."""
-    folder = storage.join(version_url, SNAPSHOT_DIR)
-    names = [n for n in storage.list_names(folder) if n.startswith("gen-") and n.endswith(".json")]
-    return [storage.read_json(storage.join(folder, n)) for n in sorted(names)]
-
-
-def failed_materials(version_url: str) -> set[str]:
-    """Material IDs that published shards of a version recorded as failed (from sidecars)."""
-    failed: set[str] = set()
-    for name in storage.list_names(version_url):
-        if name.startswith("shard-") and name.endswith(".json"):
-            try:
-                sidecar = storage.read_json(storage.join(version_url, name))
-            except storage.StorageError:
-                continue
-            failed.update(f["material_id"] for f in sidecar.get("failures", []))
-    return failed
-
-
-def journal_url(version_url: str, shard_name: str) -> str:
-    """Where the build journal keeps its record of ``shard_name``."""
-    return storage.join(version_url, JOURNAL_DIR, f"{shard_name}.json")
-
-
-def record_published(version_url: str, name: str, sidecar: dict, how: str = "rendered") -> None:
-    """Note in the build journal the shard ``name`` a build published (``how="rendered"``)
-    or found published and checked byte by byte against its sidecar (``"adopted"``)."""
-    record = {field: sidecar[field] for field in JOURNAL_FIELDS}
-    record.update(shard=name, how=how, recorded=time.time())
-    storage.write_json(journal_url(version_url, name), record)
-
-
-def _journal_record(version_url: str, shard_name: str) -> tuple[dict | None, str]:
-    """``(record, "")``, ``(None, "")`` when the journal has none, or ``(None, why)`` when the
-    record is damaged (then nothing about the shard can be trusted)."""
-    url = journal_url(version_url, shard_name)
-    if not storage.exists(url):
-        return None, ""
-    try:
-        record = storage.read_json(url)
-    except storage.StorageError as exc:
-        return None, f"build journal record unreadable ({exc})"
-    if not isinstance(record, dict) or any(f not in record for f in JOURNAL_FIELDS):
-        return None, f"build journal record {url} is damaged"
-    return record, ""
-
-
-def published_sidecar(
-    version_url: str, shard: ShardPlan, deep: bool = True
-) -> tuple[dict | None, str]:
-    """The shard's sidecar if the shard is published and current, else ``(None, why)``.
-
-    A sidecar is only a claim: anyone can rewrite it to match a changed shard. The build's
-    journal holds what the build itself published, so a shard the journal knows is kept only
-    when its sidecar agrees with the record (sha256, bytes, plan hash) and its bytes do too.
-    A shard the journal does not know (a version folder written before the journal existed,
-    or a shard a worker published just before its build stopped) is checked against its
-    sidecar alone and reported with ``why == UNRECORDED``.
-
-    ``deep`` re-hashes the tar: every kept shard is read once, in full (a few hundred MB
-    take about a second from a local disk; from an object store they are downloaded).
-    Without it only the size is compared (``--trust-sidecars``).
-    """
-    tar_url = storage.join(version_url, shard.name)
-    side_url = storage.join(version_url, sidecar_name(shard.name))
-    if not storage.exists(side_url):
-        return None, "missing"
-    try:
-        sidecar = storage.read_json(side_url)
-    except storage.StorageError as exc:
-        return None, f"unreadable sidecar ({exc})"
-    if not isinstance(sidecar, dict):
-        return None, "unreadable sidecar (not a JSON object)"
-    if sidecar.get("plan_hash") != shard.plan_hash:
-        return None, "stale (plan hash changed)"
-    record, damaged = _journal_record(version_url, shard.name)
-    if damaged:
-        return None, damaged
-    if record is not None:
-        for name in JOURNAL_FIELDS:
-            if sidecar.get(name) != record[name]:
-                return None, (
-                    f"sidecar {name} {sidecar.get(name)!r} differs from {record[name]!r}, "
-                    "which this build recorded when it published the shard (sidecar edited?)"
-                )
-    if not storage.exists(tar_url):
-        return None, "missing tar"
-    if storage.size(tar_url) != sidecar.get("bytes"):
-        return None, "corrupt (size differs from sidecar)"
-    if deep and file_sha256(tar_url) != sidecar.get("sha256"):
-        return None, "corrupt (checksum differs from sidecar)"
-    return sidecar, "ok" if record is not None else UNRECORDED
 
 
 @dataclass
@@ -345,108 +226,6 @@ def _shard_failures(shard: ShardPlan, error: str, attempts: int) -> list[dict]:
     ]
 
 
-def write_index(
-    spec: Spec,
-    plan: Plan,
-    version: str,
-    version_url: str,
-    sidecars: dict[str, dict],
-    failures: list[dict],
-    catalog_hashes: dict[str, str],
-    blender_version: str,
-) -> tuple[dict, str]:
-    """Write ``index.json`` (and a kept copy under ``indexes/``); returns it and its URL.
-
-    Before it, ``README.md`` and ``wids.json`` (``render.card``), made from the json members
-    of every indexed shard: a build re-reads them each time it ends.
-    """
-    shards = []
-    materials: dict[str, dict] = {}
-    used: dict[str, dict[str, dict]] = {"meshes": {}, "lights": {}}
-    for shard in plan.shards:
-        sidecar = sidecars.get(shard.name)
-        if sidecar is None:
-            continue
-        shards.append(
-            {
-                "name": shard.name,
-                "samples": sidecar["samples"],
-                "bytes": sidecar["bytes"],
-                "sha256": sidecar["sha256"],
-                "plan_hash": sidecar["plan_hash"],
-                "generation": shard.generation,
-            }
-        )
-        present = set(sidecar["keys"])
-        for sample in shard.samples:
-            if sample["key"] in present:
-                materials[sample["material"]["id"]] = sample["material"]
-                for entry in sample.get("scene_materials", []):
-                    materials.setdefault(entry["id"], entry)
-                for job in sample["views"]:
-                    used["lights"].setdefault(job["light"]["id"], job["light"])
-                    objects = job.get("scene", {}).get("objects", [])
-                    for mesh in [job["mesh"], *(o["mesh"] for o in objects)]:
-                        used["meshes"].setdefault(mesh["id"], mesh)
-    licences: dict[str, list[str]] = {}
-    for mid, entry in sorted(materials.items()):
-        licences.setdefault(entry["licence"], []).append(mid)
-    asset_licences: dict[str, dict[str, list[str]]] = {"meshes": {}, "lights": {}}
-    for snap in plan.generations:
-        for kind in ("meshes", "lights"):
-            for entry in snap[kind]:
-                ids = asset_licences[kind].setdefault(entry["licence"], [])
-                if entry["id"] not in ids:
-                    ids.append(entry["id"])
-    index = {
-        "schema_version": SCHEMA_VERSION,
-        "dataset": spec.dataset.name,
-        "version": version,
-        "complete": len(shards) == len(plan.shards),
-        "views_per_sample": spec.dataset.views,
-        "image_format": spec.render.image_format,
-        "spec_hash": spec.spec_hash(),
-        "catalog_hashes": catalog_hashes,
-        "shards": shards,
-        "failures": failures,
-        "materials": sorted(materials),
-        INDEX_MATERIAL_GROUPS: sorted({str(m.get("group") or m["id"]) for m in materials.values()}),
-        INDEX_MESHES: sorted(used["meshes"]),
-        INDEX_LIGHTS: sorted(used["lights"]),
-        "categories": sorted({m["category"] for m in materials.values()}),
-        "licences": licences,
-        "asset_licences": {
-            k: {lic: sorted(v) for lic, v in d.items()} for k, d in asset_licences.items()
-        },
-        "samples": sum(s["samples"] for s in shards),
-        "generations": len(plan.generations),
-        "blender_version": blender_version,
-        "view_transform": spec.render.view_transform,
-        "spec": spec.render_settings(),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    if spec.hard_negatives.group_size:
-        index["hard_negative_group_size"] = spec.hard_negatives.group_size
-    validate_index(index)
-    # The card and wids list first: index.json, written last, marks the version finished.
-    summaries = card.scan_shards(version_url, [s["name"] for s in shards])
-    used_licences = {
-        kind: Counter(str(e.get("licence", "unknown")) for e in entries.values())
-        for kind, entries in used.items()
-    }
-    card.write_card(version_url, index, summaries, used_licences)
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
-    storage.write_json(storage.join(version_url, INDEX_DIR, f"index-{stamp}.json"), index)
-    index_url = storage.join(version_url, INDEX_NAME)
-    storage.write_json(index_url, index)
-    return index, index_url
-
-
-def write_failures(version_url: str, failures: list[dict]) -> None:
-    text = "".join(canonical_json(f) + "\n" for f in failures)
-    storage.write_bytes(storage.join(version_url, FAILURES_NAME), text.encode("utf-8"))
-
-
 def build(
     spec: Spec,
     *,
@@ -528,21 +307,8 @@ def _build_locked(
         planned=[s.name for s in plan.shards],
         planned_samples=plan.num_samples,
     )
-    sidecars: dict[str, dict] = {}
-    todo: list[ShardPlan] = []
-    for shard in plan.shards:
-        sidecar, why = published_sidecar(version_url, shard, deep=not trust_sidecars)
-        if sidecar is None:
-            if why != "missing":
-                logger.warning("%s will be rendered again: %s", shard.name, why)
-            todo.append(shard)
-            continue
-        if why == UNRECORDED and not trust_sidecars:
-            # Its bytes were just hashed against its sidecar: from now on the journal vouches.
-            logger.info("%s: %s; recorded in the journal", shard.name, why)
-            record_published(version_url, shard.name, sidecar, how="adopted")
-        sidecars[shard.name] = sidecar
-        result.skipped.append(shard.name)
+    sidecars, todo = split_published(version_url, plan.shards, trust_sidecars)
+    result.skipped = list(sidecars)
     logger.info(
         "%s: %d shards planned, %d already published, %d to render",
         version_url,

@@ -68,20 +68,10 @@ def _load(args: argparse.Namespace):
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from render.build import (
-        expected_blender_version,
-        failed_materials,
-        load_snapshots,
-        published_sidecar,
-    )
-    from render.plan import (
-        dataset_version,
-        describe,
-        estimate,
-        format_estimate,
-        load_catalogs,
-        make_plan,
-    )
+    from render.build import expected_blender_version
+    from render.estimate import describe, estimate, format_estimate
+    from render.journal import failed_materials, load_snapshots, published_sidecar
+    from render.plan import dataset_version, load_catalogs, make_plan
 
     spec = _load(args)
     blender = args.blender_version or expected_blender_version()

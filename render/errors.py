@@ -3,13 +3,22 @@
 ``MaterialError`` and ``RenderError`` carry the material ID and a human-readable reason so a
 failure record in ``failures.jsonl`` says which material broke and what to fix.
 ``ClusterError`` says why Ray cannot run a build; ``BuildStopped`` is a clean stop on
-SIGTERM/SIGINT. This module is plain Python: the planner and shard writer import it without
-Blender or Ray.
+SIGTERM/SIGINT. ``SpecError`` and ``PlanError`` reject a spec or catalogs that cannot be used
+(``render.spec`` and ``render.plan`` re-export them). This module is plain Python: the
+planner and shard writer import it without Blender or Ray.
 """
 
 from __future__ import annotations
 
 import signal
+
+
+class SpecError(ValueError):
+    """A dataset spec that cannot be used; the message names the file and key to fix."""
+
+
+class PlanError(ValueError):
+    """Catalogs or a spec that cannot be planned; the message names the file or key."""
 
 
 class MaterialError(RuntimeError):

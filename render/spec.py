@@ -25,11 +25,8 @@ Overrides are ``section.key=value`` strings whose value is parsed as TOML
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import tomllib
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,14 +38,12 @@ from phieat.schema import (
     hash_obj,
     validate_material_id,
 )
+from render.errors import SpecError
+from render.spec_tables import build_section, unknown_key
 
 BACKGROUND_MODES = ("hdri", "plain", "random", "blur")
 PASSES = ("mask", "matid")
 SPLITS = ("train", "val", "test")
-
-
-class SpecError(ValueError):
-    """A dataset spec that cannot be used; the message names the file and key to fix."""
 
 
 @dataclass(frozen=True)
@@ -280,74 +275,15 @@ def spec_from_dict(raw: dict[str, Any], where: str = "spec") -> Spec:
     """Build a ``Spec`` from decoded TOML, rejecting unknown sections/keys and bad values."""
     unknown = sorted(set(raw) - set(SECTIONS))
     if unknown:
-        raise SpecError(_unknown(where, "", unknown[0], SECTIONS))
+        raise SpecError(unknown_key(where, "", unknown[0], SECTIONS))
     if "dataset" not in raw:
         raise SpecError(f"{where}: missing the [dataset] section (needs at least name and output)")
     sections = {
-        name: _build_section(cls, raw.get(name, {}), where, name) for name, cls in SECTIONS.items()
+        name: build_section(cls, raw.get(name, {}), where, name) for name, cls in SECTIONS.items()
     }
     spec = Spec(path=str(where), **sections)
     _check(spec, where)
     return spec
-
-
-def _unknown(where: str, section: str, key: str, known: Any) -> str:
-    close = difflib.get_close_matches(key, list(known), n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    place = f"[{section}].{key}" if section else f"[{key}]"
-    return f"{where}: unknown key {place}{hint}; known: {', '.join(sorted(known))}"
-
-
-def _build_section(cls: type, table: Any, where: str, section: str) -> Any:
-    if not isinstance(table, dict):
-        raise SpecError(f"{where}: [{section}] must be a table")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    for key in table:
-        if key not in fields:
-            raise SpecError(_unknown(where, section, key, fields))
-    values = {}
-    for name, f in fields.items():
-        if name in table:
-            values[name] = _coerce(table[name], hints[name], f"{where}: [{section}].{name}", name)
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise SpecError(f"{where}: [{section}] is missing the required key {name!r}")
-    return cls(**values)
-
-
-def _coerce(value: Any, hint: Any, where: str, name: str) -> Any:
-    origin = typing.get_origin(hint)
-    if origin is list:
-        (item,) = typing.get_args(hint)
-        if name in ("split", "mesh_split", "light_split") and isinstance(value, str):
-            value = [value]  # a single split may be written as a string
-        if not isinstance(value, list):
-            raise SpecError(f"{where} must be a list, got {value!r}")
-        return [_coerce(v, item, f"{where}[{i}]", name) for i, v in enumerate(value)]
-    if origin in (typing.Union, types.UnionType):
-        raise SpecError(f"{where}: unsupported type {hint}")
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise SpecError(f"{where} must be true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise SpecError(f"{where} must be an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise SpecError(f"{where} must be a number, got {value!r}")
-        try:
-            return float(value)
-        except OverflowError:  # TOML integers have no size limit, floats do
-            raise SpecError(
-                f"{where} must be a finite number, got an integer above 1e308"
-            ) from None
-    if hint is str:
-        if not isinstance(value, str):
-            raise SpecError(f"{where} must be a string, got {value!r}")
-        return value
-    raise SpecError(f"{where}: unsupported type {hint}")
 
 
 def _check(spec: Spec, where: str) -> None:

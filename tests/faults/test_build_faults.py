@@ -23,7 +23,8 @@ from fault_fakes import FakeSession
 from PIL import Image
 
 from render import storage
-from render.build import JOURNAL_DIR, build
+from render.build import build
+from render.journal import JOURNAL_DIR
 from render.spec import load_spec
 from render.verify import verify_dataset
 

@@ -27,7 +27,8 @@ from PIL import Image
 from assets import cli as assets_cli
 from render import cli
 from render.build import build
-from render.plan import PlanError, estimate, load_catalogs, make_plan
+from render.estimate import estimate
+from render.plan import PlanError, load_catalogs, make_plan
 from render.preview import contact_sheet, write_preview
 from render.spec import SpecError, load_spec
 from render.verify import verify_dataset
@@ -394,14 +395,14 @@ RECORDED = [
 
 @pytest.mark.parametrize("res, samples, denoise, low, high", RECORDED)
 def test_cost_model_matches_the_recorded_measurements(res, samples, denoise, low, high):
-    from render.plan import model_core_s_per_image
+    from render.estimate import model_core_s_per_image
 
     model = model_core_s_per_image(res, samples, denoise)
     assert 0.85 * low <= model <= 1.15 * high
 
 
 def test_estimate_prints_wall_clock_for_the_cores_and_small_sizes_in_mb(tmp_path):
-    from render.plan import format_estimate
+    from render.estimate import format_estimate
 
     spec = load_spec(_spec(tmp_path))
     est = estimate(make_plan(spec, load_catalogs(spec)), cores=4)

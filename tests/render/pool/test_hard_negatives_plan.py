@@ -10,7 +10,8 @@ import pytest
 from phieat.schema import HARD_NEGATIVE_GROUP, parse_key, validate_sample
 from render import storage
 from render.build import build
-from render.plan import dataset_version, load_catalogs, make_plan, pack_shards
+from render.negatives import pack_shards
+from render.plan import dataset_version, load_catalogs, make_plan
 from render.spec import SpecError
 from render.verify import iter_tar_samples, verify_dataset
 

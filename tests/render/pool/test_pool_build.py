@@ -6,7 +6,8 @@ import pool_fakes
 import pytest
 
 from render import storage
-from render.build import build, load_snapshots
+from render.build import build
+from render.journal import load_snapshots
 from render.verify import iter_tar_samples, verify_dataset
 from render.workers import LocalPool, ShardOutcome
 

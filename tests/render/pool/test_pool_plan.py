@@ -7,12 +7,10 @@ import json
 import pool_fakes
 import pytest
 
+from render.estimate import CORE_S_PER_PIXEL_SAMPLE, describe, estimate
 from render.plan import (
-    CORE_S_PER_PIXEL_SAMPLE,
     PlanError,
     dataset_version,
-    describe,
-    estimate,
     load_catalog,
     load_catalogs,
     make_plan,

@@ -23,7 +23,7 @@ def test_progress_counts_views_in_flight_and_never_goes_back():
 
 
 def test_eta_from_the_rate_so_far(monkeypatch):
-    import render.pool as pool
+    import render.progress as pool
 
     clock = [100.0]
     monkeypatch.setattr(pool.time, "monotonic", lambda: clock[0])

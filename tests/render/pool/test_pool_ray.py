@@ -252,10 +252,10 @@ def test_progress_moves_per_view_and_cache_counts_come_back(pool, ray_spec, monk
     and lights, so later lookups hit."""
     import logging
 
-    import render.pool
+    import render.pool.driver
 
-    monkeypatch.setattr(render.pool, "PROGRESS_POLL_S", 0.1)
-    monkeypatch.setattr(render.pool, "PROGRESS_LOG_S", 0.0)
+    monkeypatch.setattr(render.pool.driver, "PROGRESS_POLL_S", 0.1)
+    monkeypatch.setattr(render.pool.driver, "PROGRESS_LOG_S", 0.0)
     spec = ray_spec(
         n_materials=4,
         dataset={"shard_size": 1, "views": 4},

@@ -11,7 +11,8 @@ import pytest
 from phieat.schema import parse_key, validate_sample
 from render import storage
 from render.build import build
-from render.plan import SCENE_GROUP_BASE, dataset_version, load_catalogs, make_plan
+from render.plan import dataset_version, load_catalogs, make_plan
+from render.scenes import SCENE_GROUP_BASE
 from render.spec import SpecError
 from render.verify import iter_tar_samples, verify_dataset
 
