@@ -10,8 +10,9 @@ views), with the photometric part in the worker ("worker"), left to the device
 (``crops.on_device``, "photometric on device") and with decoding and crops left to the device
 too (``crops.decode_on_device``, "decode on device": the worker part only), each twice: on
 shards whose views carry only their object masks (the worker decodes the chosen views' masks
-to place crops on the object) and, "(crop meta)", on copies whose json holds the renderer's
-crop metadata (``object_bbox``/``object_grid``; no mask is decoded). Beside each figure:
+to place crops on the object, as for datasets older than the crop metadata) and, "(crop
+meta)", on shards whose json holds the crop metadata a renderer writes
+(``object_bbox``/``object_grid``; no mask is decoded). Beside each figure:
 the decode-only floor of the same shards measured in the same run (read the tar members and
 json, choose two views, decode both JPEGs, nothing else) and the figure's share of it. Also
 the device part of ``decode_on_device`` (``train.data.on_device``) run on this CPU. Train: the
@@ -42,12 +43,11 @@ from train.data import (  # noqa: E402
     Loader,
     ShardStream,
     SkipCounter,
-    _decode_image,
-    _view_member,
     choose_views,
     expand_urls,
     on_device,
 )
+from train.samples import _decode_image, _view_member  # noqa: E402
 from train.synthetic import write_synthetic_shards  # noqa: E402
 
 DINOV2 = ["crops.global_size=224", "crops.local_size=98", "crops.local_per_view=4"]

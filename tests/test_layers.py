@@ -196,6 +196,21 @@ def test_each_rule_catches_its_violation(tmp_path: Path):
     assert "['torch', 'webdataset']" in offenders(_phieat_stays_light, tmp_path)[0]
 
 
+# ----------------------------------------------------------------------------- size
+
+MAX_MODULE_LINES = 500
+
+
+def test_no_module_passes_500_lines():
+    """A module a reader can hold in mind: past this, split it by responsibility."""
+    long = [
+        f"{path.relative_to(ROOT).as_posix()}: {n} lines"
+        for path in _sources(ROOT)
+        if (n := len(path.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES
+    ]
+    assert long == []
+
+
 # ----------------------------------------------------------------------------- circles
 
 

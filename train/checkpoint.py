@@ -14,6 +14,10 @@ does not load (truncated, damaged, not a checkpoint) raises ``CheckpointError``,
 ``load_latest`` then falls back to the next older checkpoint, saying which it skipped. With
 FSDP2 the full (unsharded) state is gathered to rank 0 before writing, so a checkpoint can
 be resumed with DDP, FSDP2 or one process.
+
+This module is the file side: where checkpoints go (``checkpoint_dir``), writing, listing,
+pruning and loading them, full state dicts under FSDP2, and the preemption flag.
+``train.run_state`` builds the payload from a run (``save``) and puts it back (``restore``).
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from typing import Any
 import fsspec
 import torch
 from torch import nn
+
+from train.config import TrainConfig, from_dict
 
 log = logging.getLogger("phieat.train")
 
@@ -70,6 +76,11 @@ def atomic_torch_save(payload: Any, path: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def checkpoint_dir(cfg: TrainConfig) -> str:
+    """Where a run's checkpoints go: ``ckpt_dir``, else ``<out_dir>/checkpoints``."""
+    return cfg.ckpt_dir or cfg.out_dir.rstrip("/") + "/checkpoints"
 
 
 def checkpoint_path(ckpt_dir: str, step: int) -> str:
@@ -151,6 +162,11 @@ def load_latest(ckpt_dir: str) -> tuple[str, dict] | None:
             "them away to start again, or set resume=false"
         )
     return None
+
+
+def resolved_config_of(checkpoint: str) -> TrainConfig:
+    """The config stored inside a checkpoint."""
+    return from_dict(load_checkpoint(checkpoint)["config"])
 
 
 # ----------------------------------------------------------------------------- state

@@ -185,7 +185,7 @@ class TrainConfig:
     tensorboard: bool = True
     export: bool = True
     threads: int = 0  # torch intra-op threads on CPU (0: leave torch's default)
-    # Resume a checkpoint even though the objective or the data changed (train.train.CONFIG_FIXED).
+    # Resume a checkpoint even though the objective or the data changed (train.preflight.CONFIG_FIXED).
     allow_config_change: bool = False
     data: DataConfig = field(default_factory=DataConfig)
     crops: CropConfig = field(default_factory=CropConfig)

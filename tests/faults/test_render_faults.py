@@ -414,7 +414,7 @@ def test_estimate_prints_wall_clock_for_the_cores_and_small_sizes_in_mb(tmp_path
 
 @pytest.mark.blender
 @pytest.mark.slow
-def test_estimate_against_a_small_real_build(tmp_path):
+def test_estimate_against_a_small_real_build(tmp_path, monkeypatch):
     """The model's core-seconds per image within 30 % of a real build's user CPU time.
 
     What is compared: the demo's training views (``manifests/loop-train.toml``: 64 px, 16
@@ -430,6 +430,9 @@ def test_estimate_against_a_small_real_build(tmp_path):
     pytest.importorskip("bpy")
     from render.blender.session import BlenderSession
 
+    # A first build on a machine: no generated mesh comes from the disk cache (a warm one took
+    # 10-25 % off the measurement here, and how warm it is depends on what ran before).
+    monkeypatch.setenv("PHIEAT_MESH_CACHE_DIR", "off")
     session = BlenderSession(threads=1)
 
     def factory(threads: int = 1, device: str = "CPU", quiet: bool = True):

@@ -27,7 +27,8 @@ from PIL import Image
 from phieat import schema
 from train import augment, data
 from train.config import load_config
-from train.data import Loader, _device_images
+from train.data import Loader
+from train.samples import _device_images
 from train.synthetic import _silhouette, write_synthetic_shards
 
 POOL_TESTS = Path(__file__).resolve().parents[1] / "render" / "pool"

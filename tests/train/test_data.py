@@ -258,7 +258,7 @@ def test_photometric_identity_blur_solarize_and_devices_agree():
 
 
 def test_on_device_photometric_matches_worker_path(shard_dir):
-    from train.train import _to_device
+    from train.runtime import to_device as _to_device
 
     shards = expand_urls(str(shard_dir))
     worker = _batches(Loader(shards, _cfg().data, _cfg().crops, 8, seed=5), 1)[0]

@@ -19,8 +19,9 @@ import torch
 
 from train import augment
 from train.config import ConfigError, load_config
-from train.data import Loader, _device_images, expand_urls, on_device, pack_images
-from train.train import _to_device
+from train.data import Loader, expand_urls, on_device, pack_images
+from train.runtime import to_device as _to_device
+from train.samples import _device_images
 
 # Two roundings to uint8 of at most half a level each (see the module docstring).
 GEOMETRY_TOL = 1.0 + 1e-3
@@ -167,7 +168,8 @@ def test_cuda_decode_and_crops_match_the_cpu(shard_dir):
 def test_truncated_jpeg_is_refused_in_the_worker(shard_dir):
     import tarfile
 
-    from train.data import DataError, _jpeg_payload
+    from train.data import DataError
+    from train.samples import _jpeg_payload
 
     with tarfile.open(shard_dir / "shard-000000.tar") as tar:
         member = next(m for m in tar.getmembers() if m.name.endswith(".view0.jpg"))

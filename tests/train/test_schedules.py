@@ -9,7 +9,7 @@ import torch
 
 from train.config import load_config
 from train.meta_arch import MetaArch
-from train.train import cosine, make_optimizer, param_groups, peak_lr, schedules
+from train.optim import cosine, make_optimizer, param_groups, peak_lr, schedules
 
 
 def test_cosine_warmup_and_end():
