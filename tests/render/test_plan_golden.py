@@ -22,11 +22,11 @@ ROOT = Path(__file__).resolve().parents[2]
 # spec -> (sha256 of the canonical plan JSON, dataset version at Blender 5.0.1)
 GOLDEN = {
     "manifests/demo.toml": (
-        "044572ff245a6fcc01712b906417c0abdf684ea79f769a6ea40f9814f7c7910c", "v-c7a415276da3"),
+        "bc045c7dab0bdaf9f3a8217e2d8663fe79ecb590aa2e89d7caf891682d7575a2", "v-d8e67e014bdf"),
     "manifests/eval-tiny.toml": (
         "92e6ca9cf30cd69b6a3d9f3b469c378027064c706af7f75be0f0f162221ee0de", "v-04c21f7b5fa3"),
     "manifests/full.toml": (
-        "8af28767507f75dddd2598358cd79d73cc8d14c004fcfdf1ba64104a814f2554", "v-3747bf8f783a"),
+        "66ace1c8eab4eaf0aef457fff92f42920286db556869d39da29fa165d83a0a9f", "v-408464298c58"),
     "manifests/loop-train-hardneg.toml": (
         "4a4c77906c36606efa67d5318b12dab489b9313abcf68e47a31d05b68d740d85", "v-bf8cf0323edb"),
     "manifests/loop-train.toml": (
