@@ -7,7 +7,9 @@ re-queued until ``shard_attempts`` is spent; one lost with its node goes back to
 of the queue without using an attempt (at most ``MAX_NODE_LOSSES`` times); a material stuck
 past ``material_timeout_s`` is retried, then left out of its shard (``TIMED_OUT``). Views
 done are read from the progress actor about once every ``PROGRESS_POLL_S`` and logged every
-``PROGRESS_LOG_S``. The actors themselves are managed by ``ActorFleet``
+``PROGRESS_LOG_S``. A free actor gets the queued shard that shares the most meshes, lights
+and materials with the shards it rendered last (``render.dispatch``; ``affinity=False``:
+strict queue order). The actors themselves are managed by ``ActorFleet``
 (``render.pool.fleet``); see ``render.pool`` for the whole policy.
 """
 
@@ -25,6 +27,7 @@ import ray
 import ray.exceptions
 
 from render import storage
+from render.dispatch import ShardAssets, pick_shard
 from render.errors import ClusterError
 from render.gpu import DEFAULT_KERNEL_CACHE
 from render.pool.actors import TIMED_OUT
@@ -76,8 +79,14 @@ class RenderPool(ActorFleet):
         poll_s: float = 0.5,
         placement_timeout_s: float | None = None,
         progress: bool = False,
+        affinity: bool = True,
     ) -> None:
         ensure_ray(address, verbose=not quiet)
+        # Cache-affine dispatch (see render.dispatch): which actor renders a shard, never
+        # what the shard holds, so the published bytes are the same either way.
+        self.affinity = affinity
+        self._assets = ShardAssets()
+        self._front: set[str] = set()  # re-queued shards: they go first, in queue order
         self.progress_bar = progress
         self.factory = session_factory
         self.threads = threads_per_worker
@@ -172,7 +181,7 @@ class RenderPool(ActorFleet):
             sum(len(s["views"]) for shard in shards for s in shard["samples"]),
             bar=self.progress_bar,
         )
-        self._cache, self._views_ref, self._views_done = {}, None, {}
+        self._cache, self._views_ref, self._views_done, self._front = {}, None, {}, set()
         self._next_log = time.monotonic() + PROGRESS_LOG_S
         # A new run starts at full size (actors retired when a previous run was abandoned).
         self._top_up(time.monotonic(), force=True)
@@ -195,7 +204,7 @@ class RenderPool(ActorFleet):
                         # Queued before the shard on the same actor (actor tasks run in order):
                         # the node's first actor compiles, the others wait on its lock.
                         slot.warm_ref = slot.actor.warm.remote(first_job)
-                    shard = queue.popleft()
+                    shard = self._next_shard(queue, slot)
                     ref = slot.actor.render.remote(shard, version_url, max_retries)
                     self._in_flight[ref] = (slot, shard, time.monotonic())
                     if self.on_submit is not None:
@@ -237,6 +246,22 @@ class RenderPool(ActorFleet):
             self._in_flight.clear()
             if pending:
                 ray.wait(pending, num_returns=len(pending), timeout=30)
+
+    def _put_back(self, queue: deque, shard: dict) -> None:
+        """Re-queue ``shard`` at the front: the next free actor takes it, affinity or not."""
+        self._front.add(shard["name"])
+        queue.appendleft(shard)
+
+    def _next_shard(self, queue: deque, slot: Slot) -> dict:
+        """Take the shard ``slot`` renders next off ``queue`` (the head without affinity)."""
+        if not self.affinity or queue[0]["name"] in self._front:
+            self._front.discard(queue[0]["name"])
+            return queue.popleft()
+        i = pick_shard(queue, slot.recent, self._assets)
+        shard = queue[i]
+        del queue[i]
+        slot.recent.add(self._assets(shard))
+        return shard
 
     # -- progress
 
@@ -325,7 +350,7 @@ class RenderPool(ActorFleet):
                 self._retire(slot, replaces=node)
                 self.lost_nodes.setdefault(lost, []).append(name)
                 self.requeued.append(name)
-                queue.appendleft(shard)
+                self._put_back(queue, shard)
                 logger.warning(
                     "node %s lost with worker %d: re-queueing %s on a live worker",
                     lost,
@@ -394,7 +419,7 @@ class RenderPool(ActorFleet):
                 error,
             )
             self.requeued.append(name)
-            queue.appendleft(shard)
+            self._put_back(queue, shard)
             return
         yield ShardOutcome(name, None, error, attempts[name], f"worker {slot.serial}")
 
@@ -461,4 +486,4 @@ class RenderPool(ActorFleet):
                     count,
                     max_retries + 1,
                 )
-            queue.appendleft(shard)
+            self._put_back(queue, shard)

@@ -20,6 +20,7 @@ from typing import Any
 import ray
 import ray.exceptions
 
+from render.dispatch import RecentAssets
 from render.errors import ClusterError
 from render.pool.actors import ProgressBoard, RenderWorker
 from render.pool.connect import first_line
@@ -50,6 +51,8 @@ class Slot:
         self.replaces = replaces
         self.shards = 0
         self.warm_ref: Any = None
+        # Mesh, light and material IDs of the shards given to this actor (its caches).
+        self.recent = RecentAssets()
 
 
 class ActorFleet:
