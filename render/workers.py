@@ -193,12 +193,16 @@ class LocalPool:
         self.lost_nodes: dict[str, list[str]] = {}
         self.requeued: list[str] = []
         self.on_view: Callable[[int], None] | None = None
-        self._cache: dict[str, dict] = {}
+        # Cache counts of each session this pool opened, by the order it opened them: a
+        # recycled session's counts stay (an id() could be reused by the next session).
+        self._cache: dict[int, dict] = {}
+        self._sessions_opened = 0
 
     def _get(self) -> Session:
         if self._session is None:
             self._session = self.factory(threads=self.threads, device="CPU", quiet=self.quiet)
             self._shards_done = 0
+            self._sessions_opened += 1
         return self._session
 
     @property
@@ -228,7 +232,7 @@ class LocalPool:
                 self._shards_done += 1
                 stats = getattr(self._session, "cache_stats", None)
                 if callable(stats):
-                    self._cache[str(id(self._session))] = stats()
+                    self._cache[self._sessions_opened] = stats()
                 yield ShardOutcome(shard["name"], sidecar, None, attempt, f"pid {os.getpid()}")
                 rss = self._session.rss_mb() if self._session else 0.0
                 if should_recycle(
