@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -80,3 +84,31 @@ def session(mesh_cache_dir):
 @pytest.fixture
 def job():
     return copy.deepcopy(BASE_JOB)
+
+
+@pytest.fixture
+def fresh_process_digests(tmp_path):
+    """``digests(jobs, **session_kwargs)``: the sha256 of each job's image, every job rendered
+    by a new ``BlenderSession(threads=1, **session_kwargs)`` in another Python process."""
+
+    def digests(jobs: list[dict], timeout: float = 300, **session_kwargs) -> list[str]:
+        (tmp_path / "jobs.json").write_text(json.dumps(jobs))
+        code = (
+            "import hashlib, json, sys\n"
+            "from render.blender.session import BlenderSession\n"
+            "kwargs = json.loads(sys.argv[2])\n"
+            "for job in json.load(open(sys.argv[1])):\n"
+            "    view = BlenderSession(threads=1, **kwargs).render_view(job)\n"
+            "    print(hashlib.sha256(view.image).hexdigest())\n"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", code, str(tmp_path / "jobs.json"), json.dumps(session_kwargs)],
+            cwd=Path(__file__).resolve().parents[3],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=timeout,
+        )
+        return out.stdout.split()[-len(jobs) :]
+
+    return digests

@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -61,7 +57,7 @@ def test_views_from_caches_match_fresh_builds(session, job):
 
 
 @pytest.mark.slow
-def test_cached_views_match_a_process_without_caches(session, job, tmp_path):
+def test_cached_views_match_a_process_without_caches(session, job, fresh_process_digests):
     """A process with every cache off (each view built from scratch in a new session) gives
     the bytes of the long-lived session serving the same jobs from its caches."""
     jobs = _jobs(job)
@@ -70,23 +66,7 @@ def test_cached_views_match_a_process_without_caches(session, job, tmp_path):
         session.render_view(j)  # warm every cache
     session.reset()
     here = [_digest(session.render_view(j)) for j in jobs]
-    (tmp_path / "jobs.json").write_text(json.dumps(jobs))
-    code = (
-        "import hashlib, json, sys\n"
-        "from render.blender.session import BlenderSession\n"
-        "for job in json.load(open(sys.argv[1])):\n"
-        "    s = BlenderSession(threads=1, cache_mb=0, mesh_cache_dir=False)\n"
-        "    print(hashlib.sha256(s.render_view(job).image).hexdigest())\n"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code, str(tmp_path / "jobs.json")],
-        cwd=Path(__file__).resolve().parents[3],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=300,
-    )
-    assert out.stdout.split()[-len(jobs) :] == here
+    assert fresh_process_digests(jobs, cache_mb=0, mesh_cache_dir=False) == here
 
 
 def test_lru_keeps_within_count_and_size_and_counts(session):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import io
 
 import numpy as np
@@ -194,45 +195,20 @@ def test_pixels_do_not_depend_on_what_rendered_before(session, job):
 
 
 @pytest.mark.slow
-def test_same_job_same_bytes_in_a_fresh_process(session, job, tmp_path):
-    import hashlib
-    import json
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    (tmp_path / "job.json").write_text(json.dumps(job))
-    code = (
-        "import hashlib, json, sys\n"
-        "from render.blender.session import BlenderSession\n"
-        "job = json.load(open(sys.argv[1]))\n"
-        "view = BlenderSession(threads=1).render_view(job)\n"
-        "print(hashlib.sha256(view.image).hexdigest())\n"
-    )
-    root = Path(__file__).resolve().parents[3]
-    out = subprocess.run(
-        [sys.executable, "-c", code, str(tmp_path / "job.json")],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-    )
+def test_same_job_same_bytes_in_a_fresh_process(session, job, fresh_process_digests):
+    fresh = fresh_process_digests([job], timeout=120)
     here = hashlib.sha256(session.render_view(job).image).hexdigest()
-    assert out.stdout.strip().splitlines()[-1] == here  # other process, other thread count
+    assert fresh == [here]  # other process, other thread count
 
 
 @pytest.mark.slow
-def test_views_after_other_materials_meshes_and_scenes_match_fresh_renders(session, job, tmp_path):
+def test_views_after_other_materials_meshes_and_scenes_match_fresh_renders(
+    session, job, fresh_process_digests
+):
     """Cached materials and meshes give the bytes of a session that renders the job first:
     a material reused on another mesh, a mesh reused with another material, a scene with a
     reused material, a material with the same ID but other parameters, a plain view after
     the scene."""
-    import hashlib
-    import json
-    import subprocess
-    import sys
-    from pathlib import Path
 
     from assets import families
 
@@ -263,22 +239,6 @@ def test_views_after_other_materials_meshes_and_scenes_match_fresh_renders(sessi
     jobs = [first, second, swapped, scene, recoloured, dict(copy.deepcopy(second), seed=13), first]
     session.reset()
     here = [hashlib.sha256(session.render_view(j).image).hexdigest() for j in jobs]
-    (tmp_path / "jobs.json").write_text(json.dumps(jobs))
-    code = (
-        "import hashlib, json, sys\n"
-        "from render.blender.session import BlenderSession\n"
-        "for job in json.load(open(sys.argv[1])):\n"
-        "    view = BlenderSession(threads=1).render_view(job)\n"
-        "    print(hashlib.sha256(view.image).hexdigest())\n"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code, str(tmp_path / "jobs.json")],
-        cwd=Path(__file__).resolve().parents[3],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=300,
-    )
-    fresh = out.stdout.split()[-len(jobs) :]
+    fresh = fresh_process_digests(jobs)
     assert here == fresh
     assert here[0] == here[-1] and len(set(here[:6])) == 6
