@@ -36,7 +36,7 @@ def backbone_kwargs(cfg: TrainConfig) -> dict:
     m = cfg.model
     return model_kwargs(
         m.arch, cfg.crops.global_size, m.patch_size, m.embed_dim, m.depth, m.num_heads, m.reg_tokens,
-        m.drop_path_rate, m.layerscale,
+        m.drop_path_rate, m.layerscale, m.conv_stem,
     )  # fmt: skip
 
 

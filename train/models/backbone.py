@@ -14,6 +14,8 @@ import timm
 import torch
 from torch import nn
 
+from train.models.stem import ConvStemPatchEmbed
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -28,6 +30,7 @@ def model_kwargs(
     reg_tokens: int = -1,
     drop_path_rate: float = 0.0,
     layerscale: float = 1.0e-5,
+    conv_stem: bool = False,
 ) -> dict:
     """The keyword arguments that rebuild a backbone; stored with every export and checkpoint."""
     kwargs: dict = {
@@ -47,6 +50,8 @@ def model_kwargs(
         kwargs["reg_tokens"] = int(reg_tokens)
     if layerscale > 0:
         kwargs["layerscale"] = float(layerscale)
+    if conv_stem:
+        kwargs["conv_stem"] = True
     return kwargs
 
 
@@ -76,6 +81,12 @@ class Backbone(nn.Module):
                 timm_kwargs["no_embed_class"] = True
         if "layerscale" in kwargs:
             timm_kwargs["init_values"] = kwargs.pop("layerscale")
+        if kwargs.pop("conv_stem", False):
+            if _is_eva(arch):
+                raise ValueError(
+                    f"model.conv_stem needs a VisionTransformer architecture, not {arch}"
+                )
+            timm_kwargs["embed_layer"] = ConvStemPatchEmbed
         if kwargs:
             raise ValueError(f"unknown backbone options {sorted(kwargs)} for {arch}")
         try:
