@@ -280,6 +280,18 @@ def _licence_table(index: dict, asset_licences: dict[str, Counter]) -> list[str]
     return rows
 
 
+def _scene_size_note(index: dict, resolution: object) -> str:
+    """A sentence for selection scenes rendered at another size than the object views."""
+    scenes = (index.get("spec") or {}).get("scenes") or {}
+    size = scenes.get("resolution")
+    if not size or size == resolution:
+        return ""
+    return (
+        f" Material-selection scenes (samples whose json lists `scene_materials`) are "
+        f"{size} px: their images, masks and material indices are that size."
+    )
+
+
 def card_text(
     index: dict, summaries: list[ShardSummary], asset_licences: dict[str, Counter]
 ) -> str:
@@ -303,7 +315,8 @@ def card_text(
         f" by phieat. One sample is one material in {views} {size}{ext} views, each on another "
         "mesh under another light; its json holds the material (id, category, family, "
         "parameters), and per view the mesh, light, camera and render settings. Shard "
-        f"contract: schema version {index['schema_version']} (`phieat/schema.py`).",
+        f"contract: schema version {index['schema_version']} (`phieat/schema.py`)."
+        + _scene_size_note(index, resolution),
         "",
         "| split | shards | samples |",
         "|---|---:|---:|",

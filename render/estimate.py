@@ -62,6 +62,18 @@ def model_core_s_per_image(resolution: int, samples: int, denoise: bool) -> floa
     return cost
 
 
+def image_resolutions(shards: list[ShardPlan], default: int) -> dict[int, int]:
+    """``{pixels per side: images}`` over the view jobs of ``shards`` (``default`` for a job
+    that names none)."""
+    counts: dict[int, int] = {}
+    for shard in shards:
+        for sample in shard.samples:
+            for job in sample["views"]:
+                res = int((job.get("render") or {}).get("resolution") or default)
+                counts[res] = counts.get(res, 0) + 1
+    return counts
+
+
 def estimate(
     plan: Plan,
     shards: list[ShardPlan] | None = None,
@@ -72,29 +84,51 @@ def estimate(
     machine's) and bytes of ``shards`` (default: the whole plan)."""
     shards = plan.shards if shards is None else shards
     r = plan.spec.render
-    pixels = r.resolution * r.resolution
-    if core_s_per_image is None:
-        core_s_per_image = model_core_s_per_image(r.resolution, r.samples, r.denoise)
     cores = int(cores or os.cpu_count() or 1)
     if cores < 1:
         raise PlanError(f"cores must be >= 1, got {cores}")
     images = sum(s.num_images for s in shards)
     samples = sum(len(s.samples) for s in shards)
+    # Images per resolution: selection scenes may render at their own ([scenes].resolution).
+    by_resolution = image_resolutions(shards, r.resolution)
+    base = model_core_s_per_image(r.resolution, r.samples, r.denoise)
+    given = core_s_per_image
+    if core_s_per_image is None:
+        core_s_per_image = base
+    core_s = 0.0
+    pixel_total = 0
+    for res, n in by_resolution.items():
+        # A given cost per image is one at [render].resolution; other sizes scale with the model.
+        cost = model_core_s_per_image(res, r.samples, r.denoise)
+        core_s += n * (cost if given is None else given * cost / base)
+        pixel_total += n * res * res
+    if len(by_resolution) > 1 and images:
+        core_s_per_image = core_s / images  # the mean over the plan's images
+    else:
+        core_s = images * core_s_per_image
     members_per_view = 1 + len(r.passes)
-    per_view = BYTES_PER_PIXEL[r.image_format] * pixels + sum(
-        PASS_BYTES_PER_PIXEL[p] * pixels for p in r.passes
-    )
-    total_bytes = images * (per_view + members_per_view * TAR_MEMBER_OVERHEAD) + samples * (
-        1200 * plan.spec.dataset.views + TAR_MEMBER_OVERHEAD
+    per_pixel = BYTES_PER_PIXEL[r.image_format] + sum(PASS_BYTES_PER_PIXEL[p] for p in r.passes)
+    if len(by_resolution) > 1:
+        image_bytes = per_pixel * pixel_total
+    else:
+        pixels = r.resolution * r.resolution
+        per_view = BYTES_PER_PIXEL[r.image_format] * pixels + sum(
+            PASS_BYTES_PER_PIXEL[p] * pixels for p in r.passes
+        )
+        image_bytes = images * per_view
+    total_bytes = (
+        image_bytes
+        + images * members_per_view * TAR_MEMBER_OVERHEAD
+        + samples * (1200 * plan.spec.dataset.views + TAR_MEMBER_OVERHEAD)
     )
     return {
         "shards": len(shards),
         "samples": samples,
         "images": images,
         "core_s_per_image": round(core_s_per_image, 4),
-        "core_hours": round(images * core_s_per_image / 3600.0, 3),
+        "core_hours": round(core_s / 3600.0, 3),
         "cores": cores,
-        "wall_s": round(images * core_s_per_image / cores, 1),
+        "wall_s": round(core_s / cores, 1),
         "bytes": int(total_bytes),
         "image_format": r.image_format,
         "extension": IMAGE_FORMATS[r.image_format],
@@ -124,11 +158,15 @@ def format_estimate(est: dict[str, Any], spec: Spec) -> str:
     """The estimate as ``plan --estimate`` prints it (before the shard listing)."""
     r = spec.render
     denoise = " + denoiser" if r.denoise else ""
+    scenes = ""
+    if spec.scenes.count and spec.scene_resolution != r.resolution:
+        scenes = f", selection scenes at {spec.scene_resolution} px"
+    mean = "mean " if scenes else ""
     return (
         f"estimate: {est['images']} images in {est['shards']} shards, about "
         f"{format_duration(est['wall_s'])} on {est['cores']} cores "
-        f"({est['core_hours']:.3g} core-hours, {est['core_s_per_image']:.2f} core-s per image "
-        f"at {r.resolution} px / {r.samples} samples{denoise}), "
+        f"({est['core_hours']:.3g} core-hours, {est['core_s_per_image']:.2f} {mean}core-s per "
+        f"image at {r.resolution} px{scenes} / {r.samples} samples{denoise}), "
         f"{format_bytes(est['bytes'])} of {est['image_format']} shards"
     )
 

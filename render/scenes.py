@@ -9,7 +9,8 @@ and lights. Hard cases are drawn on purpose: an object may repeat a material alr
 scene, or get a material of another family whose ``base_color`` is overridden to match one
 already there (``colour_match`` in the entry records the source material and both
 colours). ``draw_scenes`` makes the snapshot records; ``plan_scene`` turns one record into
-its view jobs (``render.views``).
+its view jobs (``render.views``). Scene views render at ``[scenes].resolution`` when the
+spec sets one (``Spec.scene_resolution``), else at ``[render].resolution``.
 """
 
 from __future__ import annotations
@@ -175,7 +176,7 @@ def plan_scene(
     mesh_list = [meshes[i] for i in distinct_indices(rng, len(meshes), n)]
     placement = _layout(rng, [float(m.get("size_m", 1.0)) for m in mesh_list])
     light_idx = distinct_indices(rng, len(lights), views)
-    render = render_record(spec)
+    render = render_record(spec, spec.scene_resolution)
     scene = {
         **placement[0],
         "objects": [

@@ -8,8 +8,8 @@ Optional tables switch on extra kinds of samples; absent (or zero) they leave th
 its hashes exactly as before:
 
 ``[scenes]``
-    material-selection scenes, several objects with different materials in one view (see
-    ``ScenesSection``).
+    material-selection scenes, several objects with different materials in one view, at
+    ``[render].resolution`` or their own ``resolution`` (see ``ScenesSection``).
 ``[hard_negatives]``
     ``group_size = 4`` renders the materials in groups of 4 that share, view by view, the
     same mesh, light, light rotation and strength, camera pose and background, so a
@@ -118,6 +118,11 @@ class ScenesSection:
     ``same_colour_pairs`` the chance that it gets a material of another family whose base
     colour is overridden to match one already there. ``distance`` is the camera distance
     in radii of the objects' joint bounding sphere (the renderer backs off until all fit).
+    ``resolution`` is the size in pixels of the scene views (0, the default: the
+    ``[render].resolution`` of the object views; else 16..8192): several objects share one
+    frame, so each covers far fewer pixels (and ViT patches) than an object view's single
+    object. Everything written per scene view (image, mask, matid, ``object_bbox``,
+    ``resolution`` in its json) is at that size; the object views keep ``[render].resolution``.
     """
 
     count: int = 0
@@ -125,6 +130,7 @@ class ScenesSection:
     same_material_pairs: float = 0.3
     same_colour_pairs: float = 0.3
     distance: list[float] = field(default_factory=lambda: [1.4, 1.8])
+    resolution: int = 0
 
 
 @dataclass(frozen=True)
@@ -198,10 +204,20 @@ class Spec:
         if not self.scenes.count:
             # Specs without scenes keep the shape (and hashes) they had before scenes existed.
             data.pop("scenes")
+        elif self.scene_resolution == self.render.resolution:
+            # Likewise scenes at the render resolution (the key came later): 0 and the render
+            # resolution itself render the same pixels, so they make the same version.
+            data["scenes"].pop("resolution")
         if not self.hard_negatives.group_size:
             # Likewise specs without hard-negative groups.
             data.pop("hard_negatives")
         return data
+
+    @property
+    def scene_resolution(self) -> int:
+        """Pixels per side of the selection-scene views (``[scenes].resolution`` or, when 0,
+        ``[render].resolution``)."""
+        return self.scenes.resolution or self.render.resolution
 
     def render_settings(self) -> dict[str, Any]:
         """Everything that changes what a sample looks like: the dataset version hashes this."""
@@ -388,6 +404,11 @@ def _check(spec: Spec, where: str) -> None:
         len(sc.distance) == 2 and 1.0 < sc.distance[0] <= sc.distance[1],
         "[scenes].distance",
         f"must be a range [low, high] with 1 < low <= high, got {sc.distance}",
+    )
+    need(
+        sc.resolution == 0 or 16 <= sc.resolution <= 8192,
+        "[scenes].resolution",
+        f"must be 0 (= [render].resolution) or within 16..8192 pixels, got {sc.resolution}",
     )
     if sc.count:
         need(

@@ -101,18 +101,38 @@ def iter_tar_samples(url: str) -> Iterator[tuple[str, dict[str, bytes]]]:
             yield key, members
 
 
-def _decode(name: str, data: bytes) -> str | None:
-    """None if ``data`` decodes as the image its member name says, else the reason."""
+def _decode(name: str, data: bytes) -> tuple[str | None, tuple[int, int] | None]:
+    """``(None, (width, height))`` if ``data`` decodes as the image its member name says,
+    else ``(the reason, None)``; the size is None for EXR (not decoded here)."""
     if name.endswith(".exr"):
-        return None if data[:4] == EXR_MAGIC else "not an OpenEXR file"
+        return (None if data[:4] == EXR_MAGIC else "not an OpenEXR file"), None
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.load()
             if name.endswith(".matid.png") and img.mode not in ("I;16", "I", "I;16B"):
-                return f"material-index image has mode {img.mode}, expected 16-bit"
+                return f"material-index image has mode {img.mode}, expected 16-bit", None
+            return None, (int(img.size[0]), int(img.size[1]))
     except Exception as exc:  # noqa: BLE001 - any decoder error is a problem to report
-        return f"cannot decode ({type(exc).__name__}: {exc})"
-    return None
+        return f"cannot decode ({type(exc).__name__}: {exc})", None
+
+
+def _size_problems(meta: dict, sizes: dict[str, tuple[int, int]]) -> list[str]:
+    """A view's image, mask and material indices must be one size, the ``resolution`` its
+    json records (when it records one). Views of one sample may differ from other samples'
+    (selection scenes can render at their own ``[scenes].resolution``)."""
+    problems = []
+    for v, view in enumerate(meta["views"]):
+        got = {m: size for m, size in sizes.items() if m.split(".", 1)[0] == f"view{v}"}
+        if len(set(got.values())) > 1:
+            listed = ", ".join(f"{m} {w}x{h}" for m, (w, h) in sorted(got.items()))
+            problems.append(f"view {v}: its members differ in size ({listed})")
+            continue
+        res = view.get("resolution") if isinstance(view, dict) else None
+        if got and isinstance(res, int) and not isinstance(res, bool):
+            (w, h), member = next(iter(got.values())), next(iter(got))
+            if (w, h) != (res, res):
+                problems.append(f"view {v}: {member} is {w}x{h}, its json says resolution {res}")
+    return problems
 
 
 def verify_dataset(url: str, deep: bool = True) -> VerifyReport:
@@ -260,13 +280,17 @@ def _verify_sample(
         return None
     if len(meta["views"]) != views:
         report.problems.append(f"{where}: {len(meta['views'])} views, the index says {views}")
+    sizes: dict[str, tuple[int, int]] = {}
     for member, data in sorted(members.items()):
         if member == "json":
             continue
         if member.endswith(f".{ext}") or member.endswith(".png"):
             if member.startswith("view") and member.count(".") == 1:
                 report.images += 1
-            reason = _decode(member, data)
+            reason, size = _decode(member, data)
             if reason:
                 report.problems.append(f"{where}.{member}: {reason}")
+            elif size is not None and member.startswith("view"):
+                sizes[member] = size
+    report.problems += [f"{where}: {p}" for p in _size_problems(meta, sizes)]
     return dict(meta)

@@ -85,11 +85,12 @@ def view_job(
     }
 
 
-def render_record(spec: Spec) -> dict[str, Any]:
-    """The render settings every view job of ``spec`` carries."""
+def render_record(spec: Spec, resolution: int = 0) -> dict[str, Any]:
+    """The render settings every view job of ``spec`` carries; ``resolution`` (pixels per
+    side) replaces ``[render].resolution`` when given (selection scenes: ``render.scenes``)."""
     r = spec.render
     return {
-        "resolution": r.resolution,
+        "resolution": resolution or r.resolution,
         "samples": r.samples,
         "denoise": r.denoise,
         "bounces": r.bounces,

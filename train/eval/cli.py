@@ -108,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--image-size",
         type=int,
         default=0,
-        help="resize eval views to this many pixels (default: as rendered)",
+        help="resize eval views to this many pixels (default: as rendered; selection-scene "
+        "views rendered larger than that are scored at their rendered size)",
     )
     run.add_argument(
         "--max-samples",

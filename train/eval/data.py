@@ -173,6 +173,15 @@ def _resize(arr: np.ndarray, size: tuple[int, int], nearest: bool) -> np.ndarray
 
 
 @dataclass
+class NativeView:
+    """One view at its rendered size: image ``(H, W, 3)`` uint8, mask, matid ``(H, W)``."""
+
+    image: np.ndarray
+    mask: np.ndarray | None
+    matid: np.ndarray | None
+
+
+@dataclass
 class EvalSet:
     """One row per rendered view. Arrays of labels are ``(N,)`` numpy string arrays.
 
@@ -184,6 +193,10 @@ class EvalSet:
     says either way (data from elsewhere). ``roughness`` and ``metallic`` ``(N,)`` float: the
     material's ``params.roughness`` (NaN when it has none) and ``params.metallic`` (0 when
     it has none).
+
+    ``native``: per view, the view at its rendered size (``NativeView``) when it is of a
+    selection scene rendered larger than ``images`` (a spec's ``[scenes].resolution``), else
+    None; empty when no view is. ``images`` holds those views too, resized.
     """
 
     images: np.ndarray
@@ -201,6 +214,7 @@ class EvalSet:
     scene: np.ndarray | None = None
     roughness: np.ndarray | None = None
     metallic: np.ndarray | None = None
+    native: list[NativeView | None] = field(default_factory=list)
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -213,10 +227,18 @@ class EvalSet:
             if value is None:
                 out[f.name] = None
             elif isinstance(value, list):
-                out[f.name] = [value[i] for i in np.arange(len(self))[idx]]
+                rows = [value[i] for i in np.arange(len(self))[idx]] if value else []
+                out[f.name] = rows if f.name != "native" or any(rows) else []
             else:
                 out[f.name] = value[idx]
         return EvalSet(**out)
+
+    def view_arrays(self, i: int) -> NativeView:
+        """View ``i`` at its rendered size when ``native`` holds it, else as stacked."""
+        if self.native and self.native[i] is not None:
+            return self.native[i]
+        pick = [None if a is None else a[i] for a in (self.masks, self.matids)]
+        return NativeView(self.images[i], *pick)
 
     def mean_colour(self) -> np.ndarray:
         """``(N, 3)`` mean sRGB colour in [0, 1], over the object mask when there is one."""
@@ -280,17 +302,13 @@ def _scene_materials(meta: dict) -> list[str]:
 
 
 def _read_pass(
-    sample: dict,
-    member: str,
-    decode: Callable[[bytes, str], np.ndarray],
-    where: str,
-    size: tuple[int, int],
+    sample: dict, member: str, decode: Callable[[bytes, str], np.ndarray], where: str
 ) -> np.ndarray | None:
-    """A view's mask or material-index member, decoded and resized (nearest); None if absent."""
+    """A view's mask or material-index member, decoded at its own size; None if absent."""
     data = sample.get(member)
     if data is None:
         return None
-    return _resize(decode(data, f"{where}.{member}"), size, nearest=True)
+    return decode(data, f"{where}.{member}")
 
 
 def _stack_or_none(views: list[np.ndarray | None], missing: np.ndarray) -> np.ndarray | None:
@@ -306,8 +324,9 @@ def read_eval_set(
 ) -> EvalSet:
     """Read every view of a dataset (see ``resolve_shards``) into an ``EvalSet``.
 
-    Views whose size differs from ``image_size`` (default: the first view's size) are
-    resized (bilinear for images, nearest for masks and material indices).
+    Views whose size differs from ``image_size`` (default: the first object view's size, else
+    the first view's) are resized (bilinear for images, nearest for masks and material
+    indices); selection-scene views rendered larger are also kept as they are (``native``).
     """
     urls, index = resolve_shards(url)
     fmt = index["image_format"] if index else None
@@ -343,12 +362,10 @@ def read_eval_set(
                     "not supported; render the eval set as jpg or png)"
                 )
             img = decode_rgb(sample[member], f"{where}.{member}")
-            size = size or img.shape[:2]
-            rows["images"].append(_resize(img, size, nearest=False))
-            mask = _read_pass(sample, schema.mask_member(i), decode_mask, where, size)
-            matid = _read_pass(sample, schema.matid_member(i), decode_matid, where, size)
-            rows["masks"].append(mask)
-            rows["matids"].append(matid)
+            view_is_scene = bool(meta.get("scene_materials")) or "scene_objects" in view
+            rows["images"].append(img)  # resized below, to the first object view's size
+            rows["masks"].append(_read_pass(sample, schema.mask_member(i), decode_mask, where))
+            rows["matids"].append(_read_pass(sample, schema.matid_member(i), decode_matid, where))
             for name, value in (
                 ("key", key),
                 ("view", i),
@@ -361,20 +378,34 @@ def read_eval_set(
             ):
                 labels[name].append(value)
             scene.append(_scene_materials(meta))
-            is_scene.append(bool(meta.get("scene_materials")) or "scene_objects" in view)
+            is_scene.append(view_is_scene)
             params["roughness"].append(_param(mat.get("params"), "roughness", np.nan))
             params["metallic"].append(_param(mat.get("params"), "metallic", 0.0))
         n_samples += 1
     if not rows["images"]:
         raise ValueError(f"eval data {url!r} holds no samples")
-    assert size is not None
+    objects = [img for img, s in zip(rows["images"], is_scene, strict=True) if not s]
+    size = size or (objects or rows["images"])[0].shape[:2]
+    native = [
+        NativeView(img, rows["masks"][n], rows["matids"][n])
+        if is_scene[n] and img.shape[0] * img.shape[1] > size[0] * size[1]
+        else None
+        for n, img in enumerate(rows["images"])
+    ]
+    rows["images"] = [_resize(img, size, nearest=False) for img in rows["images"]]
+    for name in ("masks", "matids"):
+        rows[name] = [None if a is None else _resize(a, size, nearest=True) for a in rows[name]]
     masks = _stack_or_none(rows["masks"], np.ones(size, bool))
     matids = _stack_or_none(rows["matids"], np.full(size, -1, np.int32))
+    kept = sorted({v.image.shape[0] for v in native if v is not None})
+    if kept:
+        logger.info("selection views kept at their rendered %s px (others: %d)", kept, size[0])
     logger.info("read %d views of %d samples from %s", len(rows["images"]), n_samples, url)
     return EvalSet(
         images=np.stack(rows["images"]),
         masks=masks,
         matids=matids,
+        native=native if kept else [],
         view=np.asarray(labels.pop("view"), dtype=np.int64),
         scene_materials=scene,
         # Renderer-written datasets mark their scenes; a set with no scene anywhere says

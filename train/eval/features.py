@@ -10,6 +10,7 @@ hand-crafted baseline (``train.eval.baselines``) included.
 
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 
@@ -41,12 +42,47 @@ def extract_all(
     return Features(np.concatenate(cls), np.concatenate(patches))
 
 
+def _round_down(size: int, patch: int) -> int:
+    return max(patch, size - size % patch)
+
+
+def extract_native(
+    extractor: Extractor,
+    images: np.ndarray,
+    masks: np.ndarray | None = None,
+    batch_size: int = 32,
+) -> Features:
+    """Like ``extract_all``, but at the images' own size ``(H, W)`` instead of the size the
+    extractor was made for: a ``BackboneExtractor`` resizes to ``H x W`` rounded down to a
+    multiple of its patch size (timm ViTs built with ``dynamic_img_size``: a 256 px image with
+    patch 16 gives a 16 x 16 grid); for ``baselines.PixelStats`` the images (and masks) are
+    resized to that rounding of its patch size; any other extractor gets them as they are.
+    Used for selection views rendered larger than the object views (``EvalSet.native``)."""
+    if isinstance(extractor, BackboneExtractor):
+        return extract_all(extractor.at_native_size(), images, masks, batch_size)
+    if isinstance(extractor, baselines.PixelStats):
+        p = extractor.patch_size
+        h, w = images.shape[1:3]
+        size = (_round_down(h, p), _round_down(w, p))
+        if size != (h, w):
+            x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
+            x = F.interpolate(x, size=size, mode="bilinear", antialias=True)
+            images = x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+            if masks is not None:
+                rows = np.arange(size[0]) * h // size[0]
+                cols = np.arange(size[1]) * w // size[1]
+                masks = np.asarray(masks)[:, rows][:, :, cols]
+    return extract_all(extractor, images, masks, batch_size)
+
+
 class BackboneExtractor:
     """CLS and patch features of a trainer ``Backbone`` through ``train.models.extract``.
 
     Images are scaled to [0, 1] and resized (bilinear, antialiased) to ``image_size``
     rounded down to a multiple of the patch size; ``info`` is what
     ``load_backbone_for_eval`` returned (or a similar dict) and ends up in the report.
+    ``at_native_size()`` is the same backbone keeping each batch's own size (rounded down
+    to a multiple of the patch size).
     """
 
     def __init__(
@@ -54,19 +90,28 @@ class BackboneExtractor:
     ) -> None:
         self.backbone = backbone.eval().to(device)
         self.info = dict(info)
-        patch = int(info.get("patch_size") or backbone.patch_size)
-        self.image_size = max(patch, image_size - image_size % patch)
+        self.patch_size = int(info.get("patch_size") or backbone.patch_size)
+        self.image_size: int | None = _round_down(image_size, self.patch_size)
         self.info["eval_image_size"] = self.image_size
+
+    def at_native_size(self) -> BackboneExtractor:
+        """This extractor (the same backbone, not a copy of it) without the resize to
+        ``image_size``: images keep their size, rounded down to a multiple of the patch."""
+        out = copy.copy(self)
+        out.image_size = None
+        return out
 
     @torch.no_grad()
     def __call__(self, images: np.ndarray, masks: np.ndarray | None = None) -> Features:
         from train.models import extract
 
         x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0
-        if x.shape[-2:] != (self.image_size, self.image_size):
-            x = F.interpolate(
-                x, size=(self.image_size, self.image_size), mode="bilinear", antialias=True
-            )
+        if self.image_size is None:
+            size = tuple(_round_down(int(s), self.patch_size) for s in x.shape[-2:])
+        else:
+            size = (self.image_size, self.image_size)
+        if x.shape[-2:] != size:
+            x = F.interpolate(x, size=size, mode="bilinear", antialias=True)
         out = extract(self.backbone, x)
         return Features(out["cls"].cpu().numpy(), out["patches"].cpu().numpy())
 

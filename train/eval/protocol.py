@@ -8,7 +8,11 @@ feature. *Selection views* (the views of a scene, with a ``matid`` map) feed mat
 selection, using patch features: a click on one object's pixel should select every pixel of
 that material and nothing else, the background and the other materials included. For data
 that does not mark its scenes, a view whose ``matid`` map shows two or more materials is a
-selection view. Index 0 of a ``matid`` map is the background (``phieat.schema``).
+selection view. Index 0 of a ``matid`` map is the background (``phieat.schema``). Selection
+views rendered larger than the object views (a spec's ``[scenes].resolution``;
+``EvalSet.native``) are scored at their rendered size: their patch features come from the
+image at that size (``features.extract_native``), so a 256 px scene gives a ViT of patch 16
+a 16 x 16 grid where a 64 px one gives 4 x 4.
 
 Three linear probes read the CLS feature: the material's category, with folds split by
 material group and every category dealt over all folds (so each test category is seen in
@@ -31,15 +35,18 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from phieat import schema
 from train.eval import metrics as M
 from train.eval.data import EvalSet
 from train.eval.extractor import Extractor, Features
-from train.eval.features import extract_all
+from train.eval.features import extract_all, extract_native
 
 logger = logging.getLogger("phieat.train")
 
@@ -98,26 +105,65 @@ def _selection_views(es: EvalSet, cfg: EvalConfig) -> np.ndarray:
     return idx[: cfg.max_selection_views]
 
 
+def _selection_features(
+    extractor: Extractor, es: EvalSet, idx: np.ndarray, cfg: EvalConfig
+) -> list[np.ndarray]:
+    """Patch features ``(h, w, D)`` of the selection views ``idx``, each at the size it is
+    scored at: views kept at their rendered size (``EvalSet.native``) are extracted at that
+    size (``extract_native``), a batch per size; the others as ``images`` holds them."""
+    if not es.native:
+        masks = es.masks[idx] if es.masks is not None else None
+        return list(extract_all(extractor, es.images[idx], masks, cfg.batch_size).patches)
+    out: list[np.ndarray | None] = [None] * idx.size
+    groups: dict[tuple[int, int] | None, list[int]] = {}
+    for row, i in enumerate(idx):
+        view = es.native[i]
+        groups.setdefault(None if view is None else view.image.shape[:2], []).append(row)
+    for shape, rows in groups.items():
+        views = idx[rows]
+        if shape is None:
+            masks = es.masks[views] if es.masks is not None else None
+            patches = extract_all(extractor, es.images[views], masks, cfg.batch_size).patches
+        else:
+            native = [es.native[i] for i in views]
+            images = np.stack([v.image for v in native])
+            masks = None
+            if all(v.mask is not None for v in native):
+                masks = np.stack([v.mask for v in native])
+            patches = extract_native(extractor, images, masks, cfg.batch_size).patches
+        for row, patch in zip(rows, patches, strict=True):
+            out[row] = patch
+    return out  # type: ignore[return-value]
+
+
 def _selection_inputs(
-    es: EvalSet, idx: np.ndarray, feats: Features, rng: np.random.Generator, cfg: EvalConfig
+    es: EvalSet,
+    idx: np.ndarray,
+    patch_feats: Features | Sequence[np.ndarray],
+    rng: np.random.Generator,
+    cfg: EvalConfig,
 ) -> tuple[list, list, list, list]:
     """Per view: patch features, matid map, query pixels, and the pixels that are scored.
 
     Queries are drawn on objects only (a material index that is not ignored, inside the
     mask); every pixel with a material index is scored, so the background and the other
     materials count as "not selected" and selecting the whole image is no good answer.
+    Views kept at their rendered size are scored at that size (``EvalSet.view_arrays``).
+    ``patch_feats``: the views' ``Features``, or their patch features one per view.
     """
+    if isinstance(patch_feats, Features):
+        patch_feats = patch_feats.patches
     patches, matids, queries, valids = [], [], [], []
     for row, i in enumerate(idx):
-        scored = es.matids[i] >= 0
-        clickable = scored & ~np.isin(es.matids[i], cfg.matid_ignore)
-        if es.masks is not None:
-            clickable &= es.masks[i]
-        qs = M.sample_queries(
-            es.matids[i], rng, clickable, cfg.queries_per_region, cfg.min_region_pixels
-        )
-        patches.append(feats.patches[row])
-        matids.append(es.matids[i])
+        view = es.view_arrays(int(i))
+        matid = np.full(view.image.shape[:2], -1, np.int32) if view.matid is None else view.matid
+        scored = matid >= 0
+        clickable = scored & ~np.isin(matid, cfg.matid_ignore)
+        if view.mask is not None:
+            clickable &= view.mask
+        qs = M.sample_queries(matid, rng, clickable, cfg.queries_per_region, cfg.min_region_pixels)
+        patches.append(patch_feats[row])
+        matids.append(matid)
         queries.append(qs)
         valids.append(None if scored.all() else scored)
     return patches, matids, queries, valids
@@ -183,10 +229,9 @@ def evaluate(
 
     if sel.size:
         t0 = time.perf_counter()
-        masks = es.masks[sel] if es.masks is not None else None
-        sfeats = extract_all(extractor, es.images[sel], masks, cfg.batch_size)
+        spatches = _selection_features(extractor, es, sel, cfg)
         out.setdefault("timing", {})["extract_selection_views_s"] = time.perf_counter() - t0
-        out["selection"] = _selection(es, sel, sfeats, val_set, extractor, rng, cfg, figures)
+        out["selection"] = _selection(es, sel, spatches, val_set, extractor, rng, cfg, figures)
     else:
         logger.warning("eval set has no views with a matid map: material selection skipped")
     out.setdefault("timing", {})["total_s"] = time.perf_counter() - started
@@ -310,7 +355,7 @@ def _probes(
 def _selection(
     es: EvalSet,
     sel: np.ndarray,
-    feats: Features,
+    sel_patches: list[np.ndarray],
     val_set: EvalSet | None,
     extractor: Extractor,
     rng: np.random.Generator,
@@ -318,16 +363,11 @@ def _selection(
     figures: dict,
 ) -> dict:
     """Threshold on val (or on half the eval scenes, split by material group), score the rest."""
-    patches, matids, queries, valids = _selection_inputs(es, sel, feats, rng, cfg)
+    patches, matids, queries, valids = _selection_inputs(es, sel, sel_patches, rng, cfg)
     val_sel = _selection_views(val_set, cfg) if val_set is not None else np.zeros(0, int)
     if val_sel.size:
-        vfeats = extract_all(
-            extractor,
-            val_set.images[val_sel],
-            val_set.masks[val_sel] if val_set.masks is not None else None,
-            cfg.batch_size,
-        )
-        v_inputs = _selection_inputs(val_set, val_sel, vfeats, rng, cfg)
+        vpatches = _selection_features(extractor, val_set, val_sel, cfg)
+        v_inputs = _selection_inputs(val_set, val_sel, vpatches, rng, cfg)
         test_rows = np.arange(sel.size)
         source = "val set"
     else:
@@ -347,14 +387,47 @@ def _selection(
     res.update(M.selection_floors(*M.selection_maps(*pick, cfg.upsample)))
     res["threshold_from"] = source
     res["threshold_val_iou"] = float(curve.max())
+    if es.native:
+        # Scored at the rendered size of the scenes: say which, and the patch grid it gave.
+        res["native_size"] = {
+            "image_size": [list(s) for s in sorted({matids[r].shape for r in test_rows})],
+            "patch_grid": [list(s) for s in sorted({patches[r].shape[:2] for r in test_rows})],
+        }
     # A few maps for the report: (view index, query pixel, similarity map).
     with_q = [r for r in test_rows if queries[r]]
     rows = [with_q[i] for i in _spread(rng, len(with_q), cfg.n_figure_queries)]
     figures["selection_view"] = sel[rows] if rows else np.zeros(0, int)
-    figures["selection_query"] = np.asarray([queries[r][0] for r in rows], int).reshape(-1, 2)
+    # The figure shows the views as ``images`` holds them: a map (and query) of a view scored
+    # at another size is scaled to that size.
+    size = es.images.shape[1:3]
+    figures["selection_query"] = np.asarray(
+        [_scale_yx(queries[r][0], matids[r].shape, size) for r in rows], int
+    ).reshape(-1, 2)
     figures["selection_sim"] = np.asarray(
-        [M.similarity_map(patches[r], queries[r][0], matids[r].shape, cfg.upsample) for r in rows],
+        [
+            _resize_map(
+                M.similarity_map(patches[r], queries[r][0], matids[r].shape, cfg.upsample), size
+            )
+            for r in rows
+        ],
         np.float32,
-    ).reshape(len(rows), *es.images.shape[1:3])
+    ).reshape(len(rows), *size)
     figures["selection_threshold"] = np.float32(threshold)
     return res
+
+
+def _scale_yx(
+    yx: tuple[int, int], shape: tuple[int, ...], size: tuple[int, ...]
+) -> tuple[int, int]:
+    """Pixel ``yx`` of an image of ``shape`` in an image of ``size`` (the same view resized)."""
+    if tuple(shape[:2]) == tuple(size[:2]):
+        return yx
+    return (yx[0] * size[0] // shape[0], yx[1] * size[1] // shape[1])
+
+
+def _resize_map(sim: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
+    """A similarity map resized (bilinear, antialiased) to ``size``; as is when it fits."""
+    if sim.shape == tuple(size[:2]):
+        return sim
+    grid = torch.from_numpy(np.ascontiguousarray(sim, np.float32))[None, None]
+    return F.interpolate(grid, size=tuple(size[:2]), mode="bilinear", antialias=True)[0, 0].numpy()

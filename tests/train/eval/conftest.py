@@ -78,6 +78,7 @@ def write_dataset(
     selection: bool | set[str] = False,
     index_extra: dict | None = None,
     per_shard: int = 8,
+    scene_size: int | None = None,
 ) -> Path:
     """Write ``out/shard-*.tar`` + ``index.json``; one sample per material.
 
@@ -85,8 +86,11 @@ def write_dataset(
     scenes as the renderer writes them: ``scene_materials`` in the json, ``scene_objects``
     and ``matid_materials`` in each view, and a matid map with the background (0) on the top
     quarter, the sample's material (1) on the left and another (2) on the right.
+    ``scene_size``: the pixels per side of those scene views (default: ``size``), as a spec's
+    ``[scenes].resolution`` renders them.
     """
     rng = np.random.default_rng(seed)
+    base_size = size
     out.mkdir(parents=True, exist_ok=True)
     shards = []
     for s, start in enumerate(range(0, len(materials), per_shard)):
@@ -97,7 +101,9 @@ def write_dataset(
                 key = schema.make_key(mat["id"], 0)
                 members: list[tuple[str, bytes]] = []
                 view_meta = []
+                is_scene = selection is True or (selection and mat["id"] in selection)
                 for v in range(views):
+                    size = scene_size if is_scene and scene_size else base_size
                     mesh = int(rng.integers(len(meshes)))
                     light = int(rng.integers(len(lights)))
                     bright = 0.6 + 0.15 * light
@@ -107,7 +113,6 @@ def write_dataset(
                     img = (img * 255).round().astype(np.uint8)
                     members.append((f"view{v}.jpg", _jpg(img)))
                     members.append((f"view{v}.mask.png", _png(mask.astype(np.uint8) * 255)))
-                    is_scene = selection is True or (selection and mat["id"] in selection)
                     if is_scene:
                         other = (idx + 1 + v) % 7 + 100
                         matid = np.full((size, size), 1, np.uint16)
