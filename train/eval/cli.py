@@ -127,6 +127,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="same-colour retrieval: wrong gallery views kept per query",
     )
     run.add_argument(
+        "--selection-tile",
+        type=int,
+        default=0,
+        metavar="PX",
+        help="selection scenes rendered larger than the object views ([scenes] resolution): "
+        "extract a backbone's patch features in PX x PX tiles stitched into one grid, each "
+        "tile at the size the model saw in training (0 = the whole scene in one pass; "
+        "default: %(default)s)",
+    )
+    run.add_argument(
         "--probe-group",
         default="group",
         choices=("family", "group", "material"),
@@ -228,6 +238,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         n_negatives=args.n_negatives,
         probe_group=args.probe_group,
+        selection_tile=args.selection_tile,
         matid_ignore=(
             tuple(args.matid_ignore) if args.matid_ignore is not None else EvalConfig.matid_ignore
         ),

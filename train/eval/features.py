@@ -51,14 +51,23 @@ def extract_native(
     images: np.ndarray,
     masks: np.ndarray | None = None,
     batch_size: int = 32,
+    tile: int = 0,
 ) -> Features:
     """Like ``extract_all``, but at the images' own size ``(H, W)`` instead of the size the
     extractor was made for: a ``BackboneExtractor`` resizes to ``H x W`` rounded down to a
     multiple of its patch size (timm ViTs built with ``dynamic_img_size``: a 256 px image with
     patch 16 gives a 16 x 16 grid); for ``baselines.PixelStats`` the images (and masks) are
     resized to that rounding of its patch size; any other extractor gets them as they are.
-    Used for selection views rendered larger than the object views (``EvalSet.native``)."""
+    Used for selection views rendered larger than the object views (``EvalSet.native``).
+
+    ``tile`` > 0 (backbones only): cut each image into ``tile`` x ``tile`` pixel tiles, run
+    each tile at the size the backbone was trained on, and stitch the tiles' patch grids back
+    into one grid: a 256 px scene in 64 px tiles gives a patch-16 ViT the same 16 x 16 grid,
+    each token seeing only its tile, as in training, instead of a 256-token sequence with
+    interpolated position embeddings. The CLS feature is the mean of the tiles'."""
     if isinstance(extractor, BackboneExtractor):
+        if tile:
+            return _extract_tiled(extractor, images, tile, batch_size)
         return extract_all(extractor.at_native_size(), images, masks, batch_size)
     if isinstance(extractor, baselines.PixelStats):
         p = extractor.patch_size
@@ -73,6 +82,26 @@ def extract_native(
                 cols = np.arange(size[1]) * w // size[1]
                 masks = np.asarray(masks)[:, rows][:, :, cols]
     return extract_all(extractor, images, masks, batch_size)
+
+
+def _extract_tiled(
+    extractor: BackboneExtractor, images: np.ndarray, tile: int, batch_size: int
+) -> Features:
+    n, h, w, _ = images.shape
+    if tile % extractor.patch_size or h % tile or w % tile:
+        raise ValueError(
+            f"selection tile {tile} must be a multiple of the patch size "
+            f"{extractor.patch_size} and divide the {h}x{w} scene views"
+        )
+    rows, cols = h // tile, w // tile
+    tiles = images.reshape(n, rows, tile, cols, tile, 3).transpose(0, 1, 3, 2, 4, 5)
+    tiles = np.ascontiguousarray(tiles.reshape(n * rows * cols, tile, tile, 3))
+    native = extractor.at_native_size()  # each tile at its own size: no resize
+    out = extract_all(native, tiles, None, batch_size)
+    g = tile // extractor.patch_size
+    grid = out.patches.reshape(n, rows, cols, g, g, -1).transpose(0, 1, 3, 2, 4, 5)
+    cls = out.cls.reshape(n, rows * cols, -1).mean(1)
+    return Features(cls, np.ascontiguousarray(grid.reshape(n, rows * g, cols * g, -1)))
 
 
 class BackboneExtractor:

@@ -75,6 +75,10 @@ class EvalConfig:
     # the renderer writes (phieat.schema.MATID_BACKGROUND).
     matid_ignore: tuple[int, ...] = (schema.MATID_BACKGROUND,)
     max_selection_views: int = 200
+    # Scene views rendered larger than the object views: 0 = one forward pass over the whole
+    # scene at its size; N = in N x N pixel tiles stitched into one patch grid
+    # (``features.extract_native``).
+    selection_tile: int = 0
     n_figure_queries: int = 6
 
 
@@ -130,7 +134,9 @@ def _selection_features(
             masks = None
             if all(v.mask is not None for v in native):
                 masks = np.stack([v.mask for v in native])
-            patches = extract_native(extractor, images, masks, cfg.batch_size).patches
+            patches = extract_native(
+                extractor, images, masks, cfg.batch_size, cfg.selection_tile
+            ).patches
         for row, patch in zip(rows, patches, strict=True):
             out[row] = patch
     return out  # type: ignore[return-value]

@@ -137,3 +137,25 @@ def test_cli_scores_mixed_sizes_and_writes_the_report(mixed, tmp_path):
         "patch_grid": [[16, 16]],
     }
     assert (out / "report.md").exists()
+
+
+def test_tiled_extraction_stitches_each_tiles_own_grid():
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (2, 64, 96, 3), dtype=np.uint8)
+    backbone = random_backbone(image_size=32, patch_size=8, seed=0)
+    tiled = extract_native(backbone, images, None, tile=32)
+    assert tiled.patches.shape[:3] == (2, 8, 12)
+    # Tile (row 1, column 2) of image 1 on its own gives the grid's rows 4-7, columns 8-11.
+    alone = backbone(images[1:2, 32:64, 64:96])
+    np.testing.assert_allclose(tiled.patches[1, 4:8, 8:12], alone.patches[0], atol=1e-5)
+    # One pass over the whole scene sees every tile at once: other features.
+    whole = extract_native(backbone, images, None)
+    assert not np.allclose(whole.patches[1, 4:8, 8:12], alone.patches[0], atol=1e-3)
+    assert tiled.cls.shape == (2, backbone.backbone.embed_dim)
+    with pytest.raises(ValueError, match="tile 24"):
+        extract_native(backbone, images, None, tile=24)
+    # A tile changes nothing for pixel statistics (their patches see only their own pixels).
+    np.testing.assert_array_equal(
+        extract_native(PixelStats(8), images, None, tile=32).patches,
+        extract_native(PixelStats(8), images, None).patches,
+    )
