@@ -33,6 +33,9 @@ TOY = [
     "dataset.shard_size=2",
     "--set",
     "dataset.views=3",
+    # Selection scenes (eval-tiny) at twice the object views' size: the mixed-size path.
+    "--set",
+    "scenes.resolution=64",
 ]
 
 

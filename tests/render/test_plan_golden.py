@@ -24,7 +24,7 @@ GOLDEN = {
     "manifests/demo.toml": (
         "bc045c7dab0bdaf9f3a8217e2d8663fe79ecb590aa2e89d7caf891682d7575a2", "v-d8e67e014bdf"),
     "manifests/eval-tiny.toml": (
-        "92e6ca9cf30cd69b6a3d9f3b469c378027064c706af7f75be0f0f162221ee0de", "v-04c21f7b5fa3"),
+        "a763a6adcd0465902d3651eb43108be1f7547e9976d0c353d098426be0970fcd", "v-0a40d81999a0"),
     "manifests/full.toml": (
         "66ace1c8eab4eaf0aef457fff92f42920286db556869d39da29fa165d83a0a9f", "v-408464298c58"),
     "manifests/loop-train-hardneg.toml": (
@@ -32,7 +32,7 @@ GOLDEN = {
     "manifests/loop-train.toml": (
         "7b2025996a7984028ba48db2d5a7bbd9f25e6384113385e3a9a6bf79e7ea9409", "v-b08635eeebff"),
     "manifests/loop-val.toml": (
-        "cd2c922909ec564d13c4f22a0827de4be5efef22b748e267ebc440ed11ddd1bd", "v-b96613ba9b12"),
+        "dcd1aad2442e118bf8c4bcd4794c7990c028152d3e0c4201bf48db950751803c", "v-424926b89ab7"),
     "manifests/tiny.toml": (
         "2a3b30bee4a7425f7ec58cf65c4466ff62cae68ab45d3bb9573d57f59cef3614", "v-52b6f168c262"),
 }  # fmt: skip
