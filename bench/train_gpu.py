@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -278,7 +279,14 @@ def main() -> int:
                 "train_gpu.py --check: no CUDA device visible (use --device cpu)", file=sys.stderr
             )
             return 2
-        return run_check(args)
+        code = run_check(args)
+        # Leave without running C++ static destructors: on a loaded machine a gloo rank has
+        # aborted in them ("terminate called without an active exception", SIGABRT) after
+        # its process group was destroyed and its records were written, turning a finished
+        # check into a failed torchrun.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     if args.device == "cuda" and not torch.cuda.is_available():
         print(
             "train_gpu.py: no CUDA device visible (use --device cpu for a smoke test)",

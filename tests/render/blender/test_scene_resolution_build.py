@@ -47,25 +47,14 @@ def _mesh(shape: str) -> dict:
     }
 
 
-CITY = {
-    "id": "hdri-city",
-    "kind": "hdri",
-    "path": "bpy:studiolights/world/city.exr",
-    "params": {},
-    "group": "hdri-city",
-    "split": "train",
-    "licence": "CC0-1.0",
-}
-
-
 def _jsonl(path: Path, entries: list[dict]) -> None:
     path.write_text("".join(json.dumps(e, sort_keys=True) + "\n" for e in entries))
 
 
-def _spec(folder: Path) -> Path:
+def _spec(folder: Path, light: dict) -> Path:
     _jsonl(folder / "materials.jsonl", [_material(n, c) for n, c in COLOURS.items()])
     _jsonl(folder / "meshes.jsonl", [_mesh("uv_sphere"), _mesh("cube"), _mesh("cylinder")])
-    _jsonl(folder / "lights.jsonl", [CITY])
+    _jsonl(folder / "lights.jsonl", [light])
     path = folder / "spec.toml"
     path.write_text(
         "[dataset]\n"
@@ -86,8 +75,8 @@ def _open(data: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)))
 
 
-def test_scene_views_are_rendered_and_written_at_the_scene_resolution(tmp_path):
-    spec = load_spec(_spec(tmp_path))
+def test_scene_views_are_rendered_and_written_at_the_scene_resolution(tmp_path, job):
+    spec = load_spec(_spec(tmp_path, job["light"]))  # the shared jobs' HDRI (city.exr)
     result = build(spec, local=True, progress=False)
     assert result.exit_code == 0
     index = storage.read_json(result.index_url)
