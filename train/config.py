@@ -111,7 +111,8 @@ class ModelConfig:
     drop_path_rate: float = 0.0
     layerscale: float = 1.0e-5
     # Embed patches with log2(patch) stride-2 3x3 convolutions instead of one linear map
-    # (train/models/stem.py): from scratch only, not with a pretrained checkpoint.
+    # (train/models/stem.py). A model.pretrained checkpoint must have the same embedding
+    # (DINOv2/DINOv3 ones have the linear map: set conv_stem = false to fine-tune them).
     conv_stem: bool = False
     # Local DINOv2/DINOv3/timm backbone checkpoint to start from ("" = from scratch).
     pretrained: str = ""
@@ -305,11 +306,6 @@ def _check(cfg: TrainConfig) -> None:
     if not 0.0 <= cfg.data.max_skipped_fraction <= 1.0:
         raise ConfigError(
             f"data.max_skipped_fraction must be in [0, 1], got {cfg.data.max_skipped_fraction}"
-        )
-    if cfg.model.conv_stem and cfg.model.pretrained:
-        raise ConfigError(
-            "model.conv_stem = true with model.pretrained: a pretrained checkpoint has a linear "
-            "patch embedding, not a convolutional stem; set model.conv_stem=false to fine-tune it"
         )
     if cfg.loss.gram_weight > 0 and not cfg.model.pretrained and cfg.loss.gram_start_step <= 0:
         raise ConfigError(

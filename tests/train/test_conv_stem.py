@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from train.config import ConfigError, load_config
 from train.models import build_backbone, export_backbone, load_backbone_for_eval, model_kwargs
+from train.models.pretrained import load_pretrained_backbone
 from train.models.stem import ConvStemPatchEmbed, stem_channels
 
 
@@ -61,9 +61,24 @@ def test_conv_stem_export_rebuilds_for_eval(tmp_path):
     assert "conv_stem" not in _kwargs(stem=False)  # older exports rebuild unchanged
 
 
-def test_conv_stem_refuses_pretrained_and_eva():
-    with pytest.raises(ConfigError, match="conv_stem"):
-        load_config("tiny-cpu", ["model.conv_stem=true", "model.pretrained=some.pt"])
+def test_a_checkpoint_with_the_other_embedding_says_which_setting_fits(tmp_path):
+    torch.manual_seed(0)
+    linear = build_backbone(_kwargs(stem=False))
+    stem = build_backbone(_kwargs(stem=True))
+    torch.save(linear.state_dict(), tmp_path / "linear.pt")
+    torch.save(stem.state_dict(), tmp_path / "stem.pt")
+    with pytest.raises(ValueError, match="one linear map: set model.conv_stem=false"):
+        load_pretrained_backbone(build_backbone(_kwargs(stem=True)), str(tmp_path / "linear.pt"))
+    with pytest.raises(ValueError, match="convolutional stem: set model.conv_stem=true"):
+        load_pretrained_backbone(build_backbone(_kwargs(stem=False)), str(tmp_path / "stem.pt"))
+    fresh = build_backbone(_kwargs(stem=True))
+    load_pretrained_backbone(fresh, str(tmp_path / "stem.pt"))  # same embedding: loads
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(fresh.eval()(x)["cls"], stem.eval()(x)["cls"])
+
+
+def test_conv_stem_refuses_an_eva_arch():
     with pytest.raises(ValueError, match="VisionTransformer"):
         build_backbone(
             model_kwargs("vit_small_patch16_dinov3_qkvb", 32, embed_dim=48, depth=1, num_heads=2,

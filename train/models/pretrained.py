@@ -133,9 +133,16 @@ def load_pretrained_backbone(backbone: Backbone, path: str) -> dict:
     mismatched = sorted(k for k in state if k in target and state[k].shape != target[k].shape)
     missing = sorted(k for k in target if k not in state and k != "mask_token")
     if unexpected or mismatched or missing:
+        stem = any(k.startswith("vit.patch_embed.proj.") for k in missing + unexpected)
+        hint = ""
+        if stem and "vit.patch_embed.proj.weight" in state:
+            hint = "; the checkpoint embeds patches with one linear map: set model.conv_stem=false"
+        elif stem:
+            hint = "; the checkpoint has a convolutional stem: set model.conv_stem=true"
         raise ValueError(
             f"model.pretrained {path} ({fmt} format) does not fit model.arch {backbone.arch}: "
             f"missing {missing[:6]}, unexpected {unexpected[:6]}, wrong shape {mismatched[:6]}"
+            + hint
         )
     backbone.load_state_dict(state, strict=False)
     log.info("initialised %s from %s (%s format, %d tensors)", backbone.arch, path, fmt, len(state))
