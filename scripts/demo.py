@@ -2,7 +2,7 @@
 
 ``make demo`` runs this after setting up ``.venv``. Every stage is a plain CLI call that a
 user could type, and every stage resumes: finished shards and checkpoints are reused, so an
-interrupted demo picks up where it stopped. On 2 idle CPU cores it takes about 25 minutes
+interrupted demo picks up where it stopped. On 2 idle CPU cores it takes about 27 minutes
 (about an hour with three seeds)::
 
     python scripts/demo.py --out out                          # the whole loop
