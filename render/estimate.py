@@ -92,30 +92,18 @@ def estimate(
     # Images per resolution: selection scenes may render at their own ([scenes].resolution).
     by_resolution = image_resolutions(shards, r.resolution)
     base = model_core_s_per_image(r.resolution, r.samples, r.denoise)
-    given = core_s_per_image
-    if core_s_per_image is None:
-        core_s_per_image = base
     core_s = 0.0
     pixel_total = 0
     for res, n in by_resolution.items():
         # A given cost per image is one at [render].resolution; other sizes scale with the model.
-        cost = model_core_s_per_image(res, r.samples, r.denoise)
-        core_s += n * (cost if given is None else given * cost / base)
+        cost = base if res == r.resolution else model_core_s_per_image(res, r.samples, r.denoise)
+        core_s += n * (cost if core_s_per_image is None else core_s_per_image * cost / base)
         pixel_total += n * res * res
-    if len(by_resolution) > 1 and images:
-        core_s_per_image = core_s / images  # the mean over the plan's images
-    else:
-        core_s = images * core_s_per_image
+    # The mean over the plan's images (the given or modelled cost when all are one size).
+    core_s_per_image = core_s / images if images else (core_s_per_image or base)
     members_per_view = 1 + len(r.passes)
     per_pixel = BYTES_PER_PIXEL[r.image_format] + sum(PASS_BYTES_PER_PIXEL[p] for p in r.passes)
-    if len(by_resolution) > 1:
-        image_bytes = per_pixel * pixel_total
-    else:
-        pixels = r.resolution * r.resolution
-        per_view = BYTES_PER_PIXEL[r.image_format] * pixels + sum(
-            PASS_BYTES_PER_PIXEL[p] * pixels for p in r.passes
-        )
-        image_bytes = images * per_view
+    image_bytes = per_pixel * pixel_total
     total_bytes = (
         image_bytes
         + images * members_per_view * TAR_MEMBER_OVERHEAD
