@@ -4,6 +4,7 @@ per view and a fresh process per material.
     python bench/render_bench.py       # demo setting (64 px, 16 samples, OIDN), 256 views
     python bench/render_bench.py --views 32 --modes pool              # a quick look at the pool
     python bench/render_bench.py --modes pool --pools 2x1 --repeat 3  # affinity on vs off
+    python bench/render_bench.py --modes pool --pools 2x1 --tail-threads on,off
     python bench/render_bench.py --configs 128/16,256/32 --no-denoise
     python bench/render_bench.py --memory 200         # also worker RSS after 20 vs 200 renders
     python bench/render_bench.py --cache-mb 0 --mesh-cache off        # pool caches off
@@ -15,9 +16,15 @@ the views of a material) with the same render settings, so they give the same pi
 * ``pool AxT``: ``render.build.build`` through ``RenderPool`` with A actors x T Cycles threads
   (actors started and bpy imported before the clock starts: steady state), shards of
   ``--shard-size`` materials. With more than one actor it runs once per ``--affinity``
-  setting (cache-affine dispatch on or off, ``render.dispatch``). The note gives hits /
-  lookups of the actors' mesh, material and world caches and of the machine's mesh disk
-  cache (``BlenderSession.cache_stats``);
+  setting (cache-affine dispatch on or off, ``render.dispatch``) and ``--tail-threads``
+  setting (at the end of the build, busy actors render with the threads of idle ones). The
+  note gives hits / lookups of the actors' mesh, material and world caches and of the machine's mesh disk
+  cache (``BlenderSession.cache_stats``), and where the actors' time went (from the shards'
+  sidecars): Cycles, the rest of rendering a shard (building scenes, pass I/O, encoding,
+  writing the tar, the reset between shards; also given as a share of Cycles' time: the
+  overhead a long build pays on every view), the *tail* (actors done while another still
+  renders its last shard: a build pays it once, at its end, so it shrinks with shards per
+  actor) and the rest (the build's start and end, gaps between shards);
 * ``floor``: the time Cycles itself spent in ``bpy.ops.render.render`` for the pool's views
   (each view's ``engine_time_s``) spread over its actors: the best any driver can do;
 * ``fresh process per view``: what most render scripts do: a new Python process imports bpy,
@@ -50,6 +57,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from phieat.schema import sidecar_name  # noqa: E402
 from render import storage  # noqa: E402
 from render.build import build  # noqa: E402
 from render.plan import load_catalogs, make_plan  # noqa: E402
@@ -190,11 +198,15 @@ def engine_seconds(version_url: str) -> tuple[float, int]:
     return total, images
 
 
-def run_pool(spec, workers: int, threads: int, affinity: bool) -> dict:
+def run_pool(spec, workers: int, threads: int, affinity: bool, tail_threads: bool = True) -> dict:
     from render.pool import RenderPool
 
     pool = RenderPool(
-        workers=workers, threads_per_worker=threads, recycle_after_shards=0, affinity=affinity
+        workers=workers,
+        threads_per_worker=threads,
+        recycle_after_shards=0,
+        affinity=affinity,
+        tail_threads=tail_threads,
     )
     try:
         # Actors started and bpy imported before the clock starts.
@@ -211,7 +223,51 @@ def run_pool(spec, workers: int, threads: int, affinity: bool) -> dict:
         raise SystemExit(f"pool {workers}x{threads}: not a clean full build: {result.summary()}")
     engine, images = engine_seconds(result.version_url)
     # Each actor renders its views back to back: the floor spreads Cycles' time over them.
-    return {"wall": wall, "images": images, "floor": engine / workers, "caches": caches}
+    return {
+        "wall": wall,
+        "images": images,
+        "floor": engine / workers,
+        "caches": caches,
+        "split": actor_time_split(result.version_url, wall, workers),
+    }
+
+
+def actor_time_split(version_url: str, wall: float, workers: int) -> dict[str, float]:
+    """Where the pool's actor-seconds (actors x wall) went, from the shards' sidecars:
+    ``engine`` (Cycles), ``in_shard`` (the rest of rendering a shard: building scenes,
+    reading passes, encoding, writing and publishing the tar, the reset between shards),
+    ``tail`` (actors done while another still renders its last shard) and ``other`` (the
+    build's own start and end, gaps between an actor's shards); each in seconds."""
+    index = storage.read_json(storage.join(version_url, "index.json"))
+    by_actor: dict[int, list[dict]] = {}
+    for shard in index["shards"]:
+        side = storage.read_json(storage.join(version_url, sidecar_name(shard["name"])))
+        by_actor.setdefault(side["worker"]["pid"], []).append(side)
+    ends = {pid: max(s["created"] for s in sides) for pid, sides in by_actor.items()}
+    last = max(ends.values(), default=0.0)
+    engine = sum(s["engine_s"] for sides in by_actor.values() for s in sides)
+    busy = sum(s["render_s"] for sides in by_actor.values() for s in sides)
+    # An actor that rendered nothing was idle the whole build: all of it counts as tail.
+    idle = wall * max(0, workers - len(by_actor))
+    tail = sum(last - end for end in ends.values()) + idle
+    return {
+        "engine": engine,
+        "in_shard": busy - engine,
+        "tail": tail,
+        "other": max(0.0, workers * wall - busy - tail),
+        "actor_s": workers * wall,
+    }
+
+
+def split_note(split: dict[str, float]) -> str:
+    """``split`` as shares of the actor-seconds, and the in-shard cost over Cycles' time."""
+    total = split["actor_s"] or 1.0
+    share = ", ".join(
+        f"{name.replace('_', '-')} {100 * split[name] / total:.1f} %"
+        for name in ("engine", "in_shard", "tail", "other")
+    )
+    steady = 100 * split["in_shard"] / split["engine"] if split["engine"] else float("nan")
+    return f"actor time: {share}; while rendering: {steady:+.1f} % over Cycles"
 
 
 def run_fresh(spec, per: str, views: int, threads: int) -> dict:
@@ -293,6 +349,12 @@ def main() -> int:
         help="cache-affine dispatch for pools of 2+ actors: on, off or on,off (both)",
     )
     parser.add_argument(
+        "--tail-threads",
+        default="on",
+        help="pools of 2+ actors: at the end of the build, busy actors take the threads of "
+        "idle ones: on, off or on,off (both)",
+    )
+    parser.add_argument(
         "--fresh-views", type=int, default=128, help="views for 'fresh process per view' (0: all)"
     )
     parser.add_argument(
@@ -320,8 +382,9 @@ def main() -> int:
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if unknown := set(modes) - set(MODES):
         parser.error(f"--modes: unknown {sorted(unknown)}; choose from {', '.join(MODES)}")
-    if unknown := set(args.affinity.split(",")) - {"on", "off"}:
-        parser.error(f"--affinity: unknown {sorted(unknown)}; use on, off or on,off")
+    for flag, value in (("--affinity", args.affinity), ("--tail-threads", args.tail_threads)):
+        if unknown := set(value.split(",")) - {"on", "off"}:
+            parser.error(f"{flag}: unknown {sorted(unknown)}; use on, off or on,off")
     # Set before Ray starts: the local workers inherit this process's environment.
     if args.cache_mb is not None:
         os.environ["PHIEAT_BLENDER_CACHE_MB"] = str(args.cache_mb)
@@ -372,10 +435,14 @@ def run_names(modes: list[str], args: argparse.Namespace) -> list[tuple[str, dic
     if "pool" in modes:
         for shape in args.pools.split(","):
             workers, threads = (int(x) for x in shape.split("x"))
-            settings = args.affinity.split(",") if workers > 1 else ["on"]
-            for setting in settings:
-                name = f"pool {shape}" + (", affinity off" if setting == "off" else "")
-                runs.append((name, {"pool": (workers, threads, setting == "on")}))
+            affinities = args.affinity.split(",") if workers > 1 else ["on"]
+            tails = args.tail_threads.split(",") if workers > 1 else ["on"]
+            for affinity in affinities:
+                for tail in tails:
+                    name = f"pool {shape}" + (", affinity off" if affinity == "off" else "")
+                    name += ", tail threads off" if tail == "off" else ""
+                    how = (workers, threads, affinity == "on", tail == "on")
+                    runs.append((name, {"pool": how}))
     if "view" in modes:
         runs.append(("fresh process per view", {"fresh": ("view", args.fresh_views)}))
     if "material" in modes:
@@ -420,7 +487,7 @@ def bench_config(
     rows: list[tuple[str, dict, str]] = []
     for name, run in best.items():
         if name.startswith("pool"):
-            rows.append((name, run, f"caches: {run['caches'] or '-'}"))
+            rows.append((name, run, f"{split_note(run['split'])}; caches: {run['caches'] or '-'}"))
             floor = {**run, "wall": run["floor"]}
             rows.append((f"floor of {name} (Cycles engine time)", floor, ""))
         else:

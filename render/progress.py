@@ -1,8 +1,9 @@
 """Progress of a pool run, per view: the ray-free bookkeeping behind ``render.pool``.
 
 ``ProgressRecords`` is the body of the pool's small progress actor: the latest record of
-every worker (which view it is rendering, for material timeouts) and how many views of its
-current shard each has rendered. ``ViewProgress`` turns finished shards plus views of
+every worker (which view it is rendering, for material timeouts), how many views of its
+current shard each has rendered, and the Cycles threads the driver lets each use for now
+(more than its own at the end of a build, when other actors of its node sit idle). ``ViewProgress`` turns finished shards plus views of
 shards in flight into images done, images/s and an ETA (a tqdm bar, and the log line the
 pool prints).
 """
@@ -20,6 +21,7 @@ class ProgressRecords:
     def __init__(self) -> None:
         self.records: dict[int, dict] = {}
         self.done: dict[int, tuple[str, int]] = {}
+        self.threads: dict[int, int] = {}
 
     def report(self, serial: int, record: dict) -> None:
         self.records[serial] = record
@@ -32,6 +34,17 @@ class ProgressRecords:
 
     def views(self) -> dict[int, tuple[str, int]]:
         return self.done
+
+    def grant(self, serial: int, threads: int) -> None:
+        """Let actor ``serial`` render with ``threads`` Cycles threads (0: its own count)."""
+        if threads > 0:
+            self.threads[serial] = int(threads)
+        else:
+            self.threads.pop(serial, None)
+
+    def threads_for(self, serial: int) -> int:
+        """The threads granted to actor ``serial``; 0 when it should use its own count."""
+        return self.threads.get(serial, 0)
 
 
 def _duration(seconds: float) -> str:

@@ -91,6 +91,9 @@ class WatchedSession:
       tell which material a stuck worker is on.
     * ``limit_s``: a view that took longer fails with ``"timeout after N s"`` when it returns
       (this process cannot interrupt Cycles; the Ray pool stops a stuck worker instead).
+    * ``thread_grant``: called before every view; a positive answer other than the session's
+      thread count is passed to its ``set_threads`` (the pool widens an actor at the end of
+      a build while others of its node are idle). Sessions without ``set_threads`` ignore it.
 
     Everything else (``reset``, ``rss_mb``, ``blender_version``, ...) goes to the session.
     """
@@ -101,11 +104,13 @@ class WatchedSession:
         skip: dict[str, str] | None = None,
         report: Callable[[dict], None] | None = None,
         limit_s: float = 0.0,
+        thread_grant: Callable[[], int] | None = None,
     ) -> None:
         self.session = session
         self.skip = dict(skip or {})
         self.report = report
         self.limit_s = limit_s
+        self.thread_grant = thread_grant
 
     def __getattr__(self, name: str) -> Any:
         if name == "session":  # not set yet (e.g. while copying): no recursion
@@ -116,6 +121,11 @@ class WatchedSession:
         key, material_id = job["key"], str(job["material"]["id"])
         if key in self.skip:
             raise RenderError(material_id, self.skip[key])
+        if self.thread_grant is not None:
+            wanted = int(self.thread_grant())
+            set_threads = getattr(self.session, "set_threads", None)
+            if wanted > 0 and set_threads is not None and wanted != self.session.threads:
+                set_threads(wanted)
         record = {"key": key, "material_id": material_id, "view": job.get("view")}
         if self.report is not None:
             self.report({**record, "state": "rendering"})

@@ -90,23 +90,70 @@ def read_passes(path: str | Path) -> dict[str, np.ndarray]:
         pos += 8 * count
     out: dict[str, np.ndarray] = {}
     for part, (header, offsets) in enumerate(zip(headers, tables, strict=True)):
-        x0, y0, x1, y1 = header["dataWindow"]
-        width, height = x1 - x0 + 1, y1 - y0 + 1
-        channels = header["channels"]
-        arrays = {name: np.zeros((height, width), np.float32) for name, _ in channels}
-        for offset in offsets:
-            cursor = offset
-            if multipart:
-                chunk_part = struct.unpack_from("<i", data, cursor)[0]
-                if chunk_part != part:
-                    raise ValueError(f"{path}: chunk of part {chunk_part} in part {part}'s table")
-                cursor += 4
-            y, _size = struct.unpack_from("<ii", data, cursor)
-            cursor += 8
-            row = y - y0
-            for name, dtype in channels:
-                values = np.frombuffer(data, dtype=dtype, count=width, offset=cursor)
-                arrays[name][row] = values.astype(np.float32)
-                cursor += width * dtype.itemsize
+        arrays = _read_contiguous(data, header, offsets, part, multipart)
+        if arrays is None:
+            arrays = _read_rows(data, header, offsets, part, multipart, path)
         out.update(arrays)
     return out
+
+
+def _read_contiguous(
+    data: bytes, header: dict, offsets: tuple[int, ...], part: int, multipart: bool
+) -> dict[str, np.ndarray] | None:
+    """One part's channels in one read when its scanlines lie back to back, top to bottom
+    (how Blender writes them); ``None`` for any other layout."""
+    x0, y0, x1, y1 = header["dataWindow"]
+    width, height = x1 - x0 + 1, y1 - y0 + 1
+    channels = header["channels"]
+    fields: list[tuple[str, str] | tuple[str, np.dtype, tuple[int]]] = []
+    if multipart:
+        fields.append(("part", "<i4"))
+    fields += [("y", "<i4"), ("size", "<i4")]
+    fields += [(f"c{i}", dtype, (width,)) for i, (_, dtype) in enumerate(channels)]
+    record = np.dtype(fields)
+    if len(offsets) != height or not offsets:
+        return None
+    stride = np.diff(np.asarray(offsets, dtype=np.int64))
+    if stride.size and not (stride == record.itemsize).all():
+        return None
+    if offsets[0] + height * record.itemsize > len(data):
+        return None
+    rows = np.frombuffer(data, dtype=record, count=height, offset=offsets[0])
+    expected_y = np.arange(y0, y0 + height, dtype=np.int32)
+    if not np.array_equal(rows["y"], expected_y):
+        return None
+    if (rows["size"] != record.itemsize - (12 if multipart else 8)).any():
+        return None
+    if multipart and (rows["part"] != part).any():
+        return None
+    return {name: rows[f"c{i}"].astype(np.float32) for i, (name, _) in enumerate(channels)}
+
+
+def _read_rows(
+    data: bytes,
+    header: dict,
+    offsets: tuple[int, ...],
+    part: int,
+    multipart: bool,
+    path: Path,
+) -> dict[str, np.ndarray]:
+    """One part's channels scanline by scanline, in whatever order the offset table says."""
+    x0, y0, x1, y1 = header["dataWindow"]
+    width, height = x1 - x0 + 1, y1 - y0 + 1
+    channels = header["channels"]
+    arrays = {name: np.zeros((height, width), np.float32) for name, _ in channels}
+    for offset in offsets:
+        cursor = offset
+        if multipart:
+            chunk_part = struct.unpack_from("<i", data, cursor)[0]
+            if chunk_part != part:
+                raise ValueError(f"{path}: chunk of part {chunk_part} in part {part}'s table")
+            cursor += 4
+        y, _size = struct.unpack_from("<ii", data, cursor)
+        cursor += 8
+        row = y - y0
+        for name, dtype in channels:
+            values = np.frombuffer(data, dtype=dtype, count=width, offset=cursor)
+            arrays[name][row] = values.astype(np.float32)
+            cursor += width * dtype.itemsize
+    return arrays

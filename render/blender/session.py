@@ -151,6 +151,14 @@ class BlenderSession:
             if value is not None:
                 self._store.base_dirs[key] = Path(value)
 
+    def set_threads(self, threads: int) -> None:
+        """Render the next views with ``threads`` Cycles threads. The bytes do not depend on
+        the count (each pixel's samples are summed in order by one thread; the denoiser runs
+        on the finished buffers), so a pool may widen an actor for the end of a build."""
+        if int(threads) < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        self.threads = int(threads)
+
     def cache_stats(self) -> dict[str, dict[str, float]]:
         """Hits, misses, evictions, items and approximate MB of every cache; ``mesh_disk``:
         meshes loaded from / missing in / written to the machine's disk cache."""
@@ -303,6 +311,7 @@ class BlenderSession:
             "view_transform": self.scene.view_settings.view_transform,
             "render_time_s": round(time.perf_counter() - t0, 4),
             "engine_time_s": round(engine_time, 4),
+            "threads": int(self.scene.render.threads),
             "view": int(job.get("view", 0)),
             "mesh_size_m": float(mesh_entry.get("size_m", 1.0)),
             "background": background,

@@ -9,7 +9,10 @@ past ``material_timeout_s`` is retried, then left out of its shard (``TIMED_OUT`
 done are read from the progress actor about once every ``PROGRESS_POLL_S`` and logged every
 ``PROGRESS_LOG_S``. A free actor gets the queued shard that shares the most meshes, lights
 and materials with the shards it rendered last (``render.dispatch``; ``affinity=False``:
-strict queue order). The actors themselves are managed by ``ActorFleet``
+strict queue order). Once nothing is queued, the busy actors of a node render with the
+threads of its idle ones (granted on the progress board, taken back when a shard is queued
+again; ``tail_threads=False``: never), so the end of a build does not wait on one actor's
+last shard at its own thread count. The actors themselves are managed by ``ActorFleet``
 (``render.pool.fleet``); see ``render.pool`` for the whole policy.
 """
 
@@ -80,8 +83,12 @@ class RenderPool(ActorFleet):
         placement_timeout_s: float | None = None,
         progress: bool = False,
         affinity: bool = True,
+        tail_threads: bool = True,
     ) -> None:
         ensure_ray(address, verbose=not quiet)
+        # At the end of a run, busy actors take over the cores of their node's idle ones.
+        self.tail_threads = tail_threads
+        self._granted: dict[int, int] = {}
         # Cache-affine dispatch (see render.dispatch): which actor renders a shard, never
         # what the shard holds, so the published bytes are the same either way.
         self.affinity = affinity
@@ -209,6 +216,7 @@ class RenderPool(ActorFleet):
                     self._in_flight[ref] = (slot, shard, time.monotonic())
                     if self.on_submit is not None:
                         self.on_submit(shard["name"], slot.info["pid"])
+                self._grant_tail_threads(queue)
                 waiting = list(self._in_flight) + [
                     s.info_ref for s in self._slots if s.info is None
                 ]
@@ -237,6 +245,7 @@ class RenderPool(ActorFleet):
             if self._cache:
                 logger.info("caches: %s", self.cache_summary())
         finally:
+            self._grant_tail_threads(queue, end=True)
             self.progress.close()
             # Abandoned (driver interrupted): stop the actors, and wait until they are gone so
             # no shard is published behind the back of a build that starts next.
@@ -246,6 +255,38 @@ class RenderPool(ActorFleet):
             self._in_flight.clear()
             if pending:
                 ray.wait(pending, num_returns=len(pending), timeout=30)
+
+    def _grant_tail_threads(self, queue: deque, end: bool = False) -> None:
+        """Once nothing is queued, give the threads of each node's idle actors to the node's
+        busy ones, split evenly (the pixels do not depend on the thread count); take them
+        back as soon as a shard is queued again, and at the end of the run (``end``)."""
+        wanted: dict[int, int] = {}
+        if self.tail_threads and not self.gpus and not queue and not end:
+            busy = {id(slot) for slot, _, _ in self._in_flight.values()}
+            busy_by_node: dict[str, list[Slot]] = {}
+            idle_threads: dict[str, int] = {}
+            for slot in self._slots:
+                if slot.info is None:
+                    continue
+                node = str(slot.info.get("node_id", ""))
+                if id(slot) in busy:
+                    busy_by_node.setdefault(node, []).append(slot)
+                else:
+                    idle_threads[node] = idle_threads.get(node, 0) + self.threads
+            for node, slots in busy_by_node.items():
+                share, extra = divmod(idle_threads.get(node, 0), len(slots))
+                for i, slot in enumerate(sorted(slots, key=lambda s: s.serial)):
+                    bonus = share + (1 if i < extra else 0)
+                    if bonus:
+                        wanted[slot.serial] = self.threads + bonus
+        if self._board is None:
+            self._granted = {}
+            return
+        for serial in sorted(set(self._granted) | set(wanted)):
+            threads = wanted.get(serial, 0)
+            if self._granted.get(serial, 0) != threads:
+                self._board.grant.remote(serial, threads)  # fire and forget, in order
+        self._granted = wanted
 
     def _put_back(self, queue: deque, shard: dict) -> None:
         """Re-queue ``shard`` at the front: the next free actor takes it, affinity or not."""

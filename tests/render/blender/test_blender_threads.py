@@ -76,3 +76,30 @@ def test_two_threads_repeat_bytes_in_one_session(session, job, mesh_cache_dir):
             assert not differ, f"round {r}: jobs {differ} gave other bytes than in round 0"
     finally:
         two.close()
+
+
+def test_changing_the_thread_count_in_a_session_keeps_the_bytes(job, mesh_cache_dir):
+    """The pool widens an actor at the end of a build (``set_threads``): a job must render to
+    the same bytes at 1 and at 2 threads, plain, denoised and as a selection scene."""
+    from render.blender.session import BlenderSession
+
+    jobs = _sequence(job)
+    jobs = [jobs[0], jobs[1], jobs[-1]]  # plain, denoised, a scene with its matid pass
+    session = BlenderSession(threads=1, quiet=True, mesh_cache_dir=mesh_cache_dir)
+    try:
+        by_threads = {}
+        for threads in (1, 2, 1):
+            session.set_threads(threads)
+            digests = []
+            for j in jobs:
+                view = session.render_view(j)
+                assert view.meta["samples"] == j["render"]["samples"]
+                parts = [view.image, view.mask or b"", view.matid or b""]
+                digests.append(hashlib.sha256(b"".join(parts)).hexdigest())
+            assert session.scene.render.threads == threads  # Cycles was given the count
+            assert by_threads.setdefault(threads, digests) == digests
+        assert by_threads[2] == by_threads[1]
+        with pytest.raises(ValueError, match="threads must be >= 1"):
+            session.set_threads(0)
+    finally:
+        session.close()

@@ -87,8 +87,12 @@ class FakeSession:
             "view_transform": job["render"]["view_transform"],
             "render_time_s": 0.001,
             "engine_time_s": 0.0005,
+            "threads": self.threads,
         }
         return FakeView(buf.getvalue(), mask, matid, meta)
+
+    def set_threads(self, threads: int) -> None:
+        self.threads = threads
 
     def reset(self) -> None:
         self.resets += 1

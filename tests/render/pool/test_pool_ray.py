@@ -209,6 +209,34 @@ def test_stuck_material_times_out_and_the_rest_of_its_shard_lands(ray_session, r
     assert verify_dataset(result.version_url).ok
 
 
+def test_the_last_shard_takes_over_the_idle_actors_threads(ray_session, ray_spec, tmp_path):
+    """Two 1-thread actors, one quick shard and one slow one: once the quick one is done and
+    nothing is queued, the slow shard's actor renders its remaining views with 2 threads."""
+    spec = ray_spec(n_materials=1, dataset={"shard_size": 1, "views": 12})
+    slow = pool_fakes.material("slow-mat", sleep_s=0.5)
+    pool_fakes.write_catalogs(tmp_path / "catalogs", n_materials=1, extra_materials=[slow])
+    tail_pool = RenderPool(
+        session_factory=pool_fakes.fake_factory, workers=2, recycle_after_shards=0, poll_s=0.05
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while len(tail_pool.worker_info()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        result = build(spec, pool=tail_pool, progress=False)
+    finally:
+        tail_pool.close()
+    assert result.exit_code == 0 and result.complete, result.summary()
+    threads = {}
+    index = storage.read_json(result.index_url)
+    for shard in index["shards"]:
+        for key, members in iter_tar_samples(storage.join(result.version_url, shard["name"])):
+            threads[key] = [v["threads"] for v in json.loads(members["json"])["views"]]
+    quick, slow_views = threads["mat-000__g0000"], threads["slow-mat__g0000"]
+    assert set(quick) == {1}
+    # Views are listed in view order, not the order they were rendered in.
+    assert set(slow_views) == {1, 2} and slow_views.count(2) >= 3, slow_views
+
+
 def test_gpu_workers_fall_back_to_cuda_and_compile_kernels_once(
     ray_session, ray_spec, tmp_path, caplog
 ):
