@@ -9,6 +9,11 @@ worker with nothing in common with any of them, go by queue order. The choice de
 on the queue and the worker's history, so dispatch is deterministic for a given order of
 completions; it only changes which worker renders a shard, never what the shard holds.
 
+At the end of a build, ``tail_threads`` says how many Cycles threads each busy worker may
+use: its own plus an even share of those of its node's idle workers (the pixels do not
+depend on the thread count), so the build does not wait on one worker's last shard at one
+thread while the node's other cores sit idle.
+
 The cost is bounded: a shard's IDs are computed once per shard (``ShardAssets``), each
 worker's summary holds at most ``limit`` IDs, and a choice scans at most ``scan`` shards.
 """
@@ -91,3 +96,27 @@ def pick_shard(
         if score > best_score:
             best, best_score = i, score
     return best
+
+
+def tail_threads(actors: Iterable[tuple[int, str, bool]], threads: int) -> dict[int, int]:
+    """``{serial: threads}`` for the busy actors that may use more than their own ``threads``.
+
+    ``actors``: ``(serial, node, busy)`` of every started actor, each holding ``threads``
+    Cycles threads. The threads of a node's idle actors are split evenly over its busy ones,
+    lowest serials first for the remainder; nodes without a busy or an idle actor give none.
+    """
+    busy: dict[str, list[int]] = {}
+    idle: dict[str, int] = {}
+    for serial, node, is_busy in actors:
+        if is_busy:
+            busy.setdefault(node, []).append(serial)
+        else:
+            idle[node] = idle.get(node, 0) + threads
+    wanted: dict[int, int] = {}
+    for node, serials in busy.items():
+        share, extra = divmod(idle.get(node, 0), len(serials))
+        for i, serial in enumerate(sorted(serials)):
+            bonus = share + (1 if i < extra else 0)
+            if bonus:
+                wanted[serial] = threads + bonus
+    return wanted

@@ -256,38 +256,6 @@ class RenderPool(ActorFleet):
             if pending:
                 ray.wait(pending, num_returns=len(pending), timeout=30)
 
-    def _grant_tail_threads(self, queue: deque, end: bool = False) -> None:
-        """Once nothing is queued, give the threads of each node's idle actors to the node's
-        busy ones, split evenly (the pixels do not depend on the thread count); take them
-        back as soon as a shard is queued again, and at the end of the run (``end``)."""
-        wanted: dict[int, int] = {}
-        if self.tail_threads and not self.gpus and not queue and not end:
-            busy = {id(slot) for slot, _, _ in self._in_flight.values()}
-            busy_by_node: dict[str, list[Slot]] = {}
-            idle_threads: dict[str, int] = {}
-            for slot in self._slots:
-                if slot.info is None:
-                    continue
-                node = str(slot.info.get("node_id", ""))
-                if id(slot) in busy:
-                    busy_by_node.setdefault(node, []).append(slot)
-                else:
-                    idle_threads[node] = idle_threads.get(node, 0) + self.threads
-            for node, slots in busy_by_node.items():
-                share, extra = divmod(idle_threads.get(node, 0), len(slots))
-                for i, slot in enumerate(sorted(slots, key=lambda s: s.serial)):
-                    bonus = share + (1 if i < extra else 0)
-                    if bonus:
-                        wanted[slot.serial] = self.threads + bonus
-        if self._board is None:
-            self._granted = {}
-            return
-        for serial in sorted(set(self._granted) | set(wanted)):
-            threads = wanted.get(serial, 0)
-            if self._granted.get(serial, 0) != threads:
-                self._board.grant.remote(serial, threads)  # fire and forget, in order
-        self._granted = wanted
-
     def _put_back(self, queue: deque, shard: dict) -> None:
         """Re-queue ``shard`` at the front: the next free actor takes it, affinity or not."""
         self._front.add(shard["name"])

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sized
 from typing import Any
 
 import ray
 import ray.exceptions
 
-from render.dispatch import RecentAssets
+from render.dispatch import RecentAssets, tail_threads
 from render.errors import ClusterError
 from render.pool.actors import ProgressBoard, RenderWorker
 from render.pool.connect import first_line
@@ -59,9 +60,28 @@ class ActorFleet:
     """Start, watch and retire the pool's actors.
 
     The subclass sets ``factory``, ``threads``, ``gpus``, ``quiet``, ``kernel_cache``,
-    ``workers``, ``auto_workers``, ``placement_timeout_s`` and ``poll_s``, then calls
-    ``_start_actors``.
+    ``workers``, ``auto_workers``, ``placement_timeout_s``, ``poll_s``, ``tail_threads``
+    and ``_in_flight`` (ref -> (slot, shard, start)), then calls ``_start_actors``.
     """
+
+    def _grant_tail_threads(self, queue: Sized, end: bool = False) -> None:
+        """Once nothing is queued, busy actors get the threads of their node's idle ones
+        (``render.dispatch.tail_threads``); taken back when a shard is queued again and at
+        the end of the run (``end``). Sent to the board only when a grant changes."""
+        wanted: dict[int, int] = {}
+        if self.tail_threads and not self.gpus and not queue and not end:
+            busy = {id(slot) for slot, _, _ in self._in_flight.values()}
+            actors = [
+                (slot.serial, str(slot.info.get("node_id", "")), id(slot) in busy)
+                for slot in self._slots
+                if slot.info is not None
+            ]
+            wanted = tail_threads(actors, self.threads)
+        if self._board is not None:
+            for serial in sorted(set(self._granted) | set(wanted)):
+                if self._granted.get(serial, 0) != wanted.get(serial, 0):
+                    self._board.grant.remote(serial, wanted.get(serial, 0))  # in order
+        self._granted = wanted if self._board is not None else {}
 
     def _start_actors(self, workers: int) -> None:
         self._serial = 0
