@@ -92,6 +92,9 @@ def test_a_head_with_no_cpus_only_schedules(cluster, cluster_spec):
     pool = new_pool(workers=0)
     try:
         assert pool.workers == 2  # one per worker node's CPU; none on the head
+        # Both placed before the build: on a loaded machine one actor could otherwise render
+        # every shard before the other has started, and never be listed.
+        wait_started(pool, 2)
         result = build(spec, pool=pool, progress=False)
         infos = pool.worker_info()
     finally:
