@@ -254,17 +254,22 @@ def build(
         version_url = storage.join(output, version)
         pool.check_output(version_url)
         with storage.lock(storage.join(version_url, LOCK_NAME), force=force_unlock):
-            result = _build_locked(
-                spec,
-                catalogs,
-                pool,
-                version,
-                version_url,
-                blender_version,
-                progress=progress,
-                trust_sidecars=trust_sidecars,
-                on_shard=on_shard,
-            )
+            try:
+                result = _build_locked(
+                    spec,
+                    catalogs,
+                    pool,
+                    version,
+                    version_url,
+                    blender_version,
+                    progress=progress,
+                    trust_sidecars=trust_sidecars,
+                    on_shard=on_shard,
+                )
+            finally:
+                # Workers stopped mid-publish (SIGTERM, a lost node) leave temporaries.
+                if removed := storage.remove_temporaries(version_url):
+                    logger.info("removed %d unfinished temporary file(s)", len(removed))
     finally:
         if own_pool:
             pool.close()

@@ -108,6 +108,18 @@ def _tmp_name(path: str) -> str:
     return f"{parent}/{tmp}" if parent else tmp
 
 
+def remove_temporaries(url: str) -> list[str]:
+    """Delete the temporary files ``_publish`` leaves in folder ``url`` when its writer was
+    killed between writing and renaming (a SIGKILLed worker cannot clean up). Only safe while
+    nothing else writes there: call it under the folder's build lock. Returns the names."""
+    removed = []
+    for name in list_names(url):
+        if name.startswith(".") and ".tmp-" in name:
+            remove(join(url, name))
+            removed.append(name)
+    return removed
+
+
 def process_umask() -> int:
     """The process umask, read without changing it (``/proc`` on Linux; elsewhere set and
     restored at once)."""

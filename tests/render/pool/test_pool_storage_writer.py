@@ -222,3 +222,25 @@ def test_a_failure_while_publishing_leaves_no_partial_file(
         render_shard(pool_fakes.FakeSession(), shard.to_dict(), str(out), max_retries=0)
     # Neither the shard, its sidecar nor a temporary file is left where readers look.
     assert sorted(p.name for p in out.iterdir()) == []
+
+
+def test_temporaries_of_a_killed_writer_are_removed_and_nothing_else(tmp_path):
+    from render import storage
+
+    folder = tmp_path / "v-1"
+    folder.mkdir()
+    (folder / ".shard-000001.json.tmp-0123456789ab").write_text("{")
+    (folder / ".shard-000002.tar.tmp-ba9876543210").write_bytes(b"\0")
+    for keep in ("shard-000000.json", "shard-000000.tar", ".build.lock", "index.json"):
+        (folder / keep).write_text("x")
+    removed = storage.remove_temporaries(str(folder))
+    assert sorted(removed) == [
+        ".shard-000001.json.tmp-0123456789ab",
+        ".shard-000002.tar.tmp-ba9876543210",
+    ]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        ".build.lock",
+        "index.json",
+        "shard-000000.json",
+        "shard-000000.tar",
+    ]
