@@ -12,7 +12,9 @@ def actor_time_split(version_url: str, wall: float, workers: int) -> dict[str, f
     ``engine`` (Cycles), ``in_shard`` (the rest of rendering a shard: building scenes,
     reading passes, encoding, writing and publishing the tar, the reset between shards),
     ``tail`` (actors done while another still renders its last shard) and ``other`` (the
-    build's own start and end, gaps between an actor's shards); each in seconds."""
+    build's own start and end, gaps between an actor's shards); each in seconds. Also
+    ``images``, the views the shards hold (each sidecar's ``engine_s`` sums their Cycles
+    time)."""
     index = storage.read_json(storage.join(version_url, "index.json"))
     by_actor: dict[int, list[dict]] = {}
     for shard in index["shards"]:
@@ -31,6 +33,7 @@ def actor_time_split(version_url: str, wall: float, workers: int) -> dict[str, f
         "tail": tail,
         "other": max(0.0, workers * wall - busy - tail),
         "actor_s": workers * wall,
+        "images": sum(s["images"] for sides in by_actor.values() for s in sides),
     }
 
 

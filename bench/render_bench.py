@@ -18,8 +18,8 @@ the views of a material) with the same render settings, so they give the same pi
   ``--shard-size`` materials. With more than one actor it runs once per ``--affinity``
   setting (cache-affine dispatch on or off, ``render.dispatch``) and ``--tail-threads``
   setting (at the end of the build, busy actors render with the threads of idle ones). The
-  note gives hits / lookups of the actors' mesh, material and world caches and of the machine's mesh disk
-  cache (``BlenderSession.cache_stats``), and where the actors' time went (from the shards'
+  note gives hits / lookups of the actors' mesh, material and world caches and of the
+  machine's mesh disk cache (``BlenderSession.cache_stats``), and where the actors' time went (from the shards'
   sidecars): Cycles, the rest of rendering a shard (building scenes, pass I/O, encoding,
   writing the tar, the reset between shards; also given as a share of Cycles' time: the
   overhead a long build pays on every view), the *tail* (actors done while another still
@@ -59,11 +59,9 @@ sys.path.insert(0, str(ROOT))
 
 from pool_time import actor_time_split, split_note  # noqa: E402 (bench/, beside this file)
 
-from render import storage  # noqa: E402
 from render.build import build  # noqa: E402
 from render.plan import load_catalogs, make_plan  # noqa: E402
 from render.spec import spec_from_dict  # noqa: E402
-from render.verify import iter_tar_samples  # noqa: E402
 
 CORES = 2
 MODES = ("pool", "view", "material")
@@ -188,17 +186,6 @@ def make_spec(
     return spec_from_dict(raw, "bench")
 
 
-def engine_seconds(version_url: str) -> tuple[float, int]:
-    total, images = 0.0, 0
-    index = storage.read_json(storage.join(version_url, "index.json"))
-    for shard in index["shards"]:
-        for _, members in iter_tar_samples(storage.join(version_url, shard["name"])):
-            for view in json.loads(members["json"])["views"]:
-                total += view["engine_time_s"]
-                images += 1
-    return total, images
-
-
 def run_pool(spec, workers: int, threads: int, affinity: bool, tail_threads: bool = True) -> dict:
     from render.pool import RenderPool
 
@@ -222,14 +209,14 @@ def run_pool(spec, workers: int, threads: int, affinity: bool, tail_threads: boo
         pool.close()
     if result.exit_code != 0 or result.skipped:
         raise SystemExit(f"pool {workers}x{threads}: not a clean full build: {result.summary()}")
-    engine, images = engine_seconds(result.version_url)
+    split = actor_time_split(result.version_url, wall, workers)
     # Each actor renders its views back to back: the floor spreads Cycles' time over them.
     return {
         "wall": wall,
-        "images": images,
-        "floor": engine / workers,
+        "images": split["images"],
+        "floor": split["engine"] / workers,
         "caches": caches,
-        "split": actor_time_split(result.version_url, wall, workers),
+        "split": split,
     }
 
 

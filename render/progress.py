@@ -3,9 +3,9 @@
 ``ProgressRecords`` is the body of the pool's small progress actor: the latest record of
 every worker (which view it is rendering, for material timeouts), how many views of its
 current shard each has rendered, and the Cycles threads the driver lets each use for now
-(more than its own at the end of a build, when other actors of its node sit idle). ``ViewProgress`` turns finished shards plus views of
-shards in flight into images done, images/s and an ETA (a tqdm bar, and the log line the
-pool prints).
+(more than its own at the end of a build, when other actors of its node sit idle).
+``ViewProgress`` turns finished shards plus views of shards in flight into images done,
+images/s and an ETA (a tqdm bar, and the log line the pool prints).
 """
 
 from __future__ import annotations
